@@ -1,0 +1,179 @@
+import Database from 'better-sqlite3';
+import type { ChunkKind, ChunkLocation, Codec, Handle } from '../types.js';
+
+// The index: handles -> container locations with reference counts, containers with live/dead
+// byte counts, and the snapshot catalogue. Everything here can be rebuilt from containers.
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS chunks (
+  handle BLOB PRIMARY KEY,
+  container INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  stored INTEGER NOT NULL,
+  raw INTEGER NOT NULL,
+  codec INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  refs INTEGER NOT NULL DEFAULT 0,
+  mark INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_container ON chunks(container, offset);
+CREATE TABLE IF NOT EXISTS containers (
+  id INTEGER PRIMARY KEY,
+  sealed INTEGER NOT NULL DEFAULT 0,
+  live_bytes INTEGER NOT NULL DEFAULT 0,
+  dead_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+  id TEXT PRIMARY KEY,
+  name TEXT UNIQUE,
+  parent TEXT,
+  source TEXT,
+  root BLOB NOT NULL,
+  root_type TEXT NOT NULL,
+  created_ms INTEGER NOT NULL,
+  logical_bytes INTEGER NOT NULL,
+  file_count INTEGER NOT NULL,
+  record BLOB,
+  seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+`;
+
+export interface ChunkRow extends ChunkLocation {
+  handle: Handle;
+  refs: number;
+}
+
+export interface SnapshotRow {
+  id: string;
+  name: string | null;
+  parent: string | null;
+  source: string | null;
+  root: Buffer;
+  root_type: 'dir' | 'file';
+  created_ms: number;
+  logical_bytes: number;
+  file_count: number;
+  record: Buffer | null;
+  seq: number;
+}
+
+interface RawChunkRow {
+  handle: Buffer;
+  container: number;
+  offset: number;
+  stored: number;
+  raw: number;
+  codec: number;
+  kind: number;
+  refs: number;
+}
+
+const toLocation = (r: RawChunkRow): ChunkRow => ({
+  handle: r.handle,
+  container: r.container,
+  offset: r.offset,
+  storedLength: r.stored,
+  rawLength: r.raw,
+  codec: r.codec as Codec,
+  kind: r.kind as ChunkKind,
+  refs: r.refs,
+});
+
+/** Thin typed wrapper over the SQLite index; callers group mutations with `transaction`. */
+export class IndexDb {
+  readonly db: Database.Database;
+  private readonly q;
+
+  constructor(file: string, opts: { readonly?: boolean } = {}) {
+    this.db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
+    this.db.pragma('busy_timeout = 10000');
+    if (!opts.readonly) {
+      this.db.pragma('journal_mode = WAL');
+      // FULL: a committed transaction survives power loss, not just a killed process.
+      this.db.pragma('synchronous = FULL');
+      this.db.exec(SCHEMA);
+    }
+    const db = this.db;
+    this.q = {
+      get: db.prepare('SELECT * FROM chunks WHERE handle = ?'),
+      has: db.prepare('SELECT 1 FROM chunks WHERE handle = ?').pluck(),
+      insert: db.prepare(
+        'INSERT INTO chunks (handle, container, offset, stored, raw, codec, kind, refs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
+      addRefs: db.prepare('UPDATE chunks SET refs = refs + ? WHERE handle = ?'),
+      del: db.prepare('DELETE FROM chunks WHERE handle = ?'),
+      move: db.prepare('UPDATE chunks SET container = ?, offset = ? WHERE handle = ?'),
+      newContainer: db.prepare('INSERT INTO containers (id) VALUES (?)'),
+      maxContainer: db.prepare('SELECT max(id) FROM containers').pluck(),
+      live: db.prepare('UPDATE containers SET live_bytes = live_bytes + ? WHERE id = ?'),
+      dead: db.prepare('UPDATE containers SET live_bytes = live_bytes - ?, dead_bytes = dead_bytes + ? WHERE id = ?'),
+      seal: db.prepare('UPDATE containers SET sealed = 1 WHERE id = ?'),
+      metaGet: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
+      metaSet: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+    };
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  getChunk(handle: Handle): ChunkRow | undefined {
+    const r = this.q.get.get(handle) as RawChunkRow | undefined;
+    return r && toLocation(r);
+  }
+
+  hasChunk(handle: Handle): boolean {
+    return this.q.has.get(handle) !== undefined;
+  }
+
+  insertChunk(handle: Handle, loc: ChunkLocation, refs = 0): void {
+    this.q.insert.run(handle, loc.container, loc.offset, loc.storedLength, loc.rawLength, loc.codec, loc.kind, refs);
+    this.q.live.run(loc.storedLength, loc.container);
+  }
+
+  addRefs(handle: Handle, delta: number): void {
+    this.q.addRefs.run(delta, handle);
+  }
+
+  /** Forgets a chunk; its bytes become dead space in its container. */
+  deleteChunk(row: ChunkRow): void {
+    this.q.del.run(row.handle);
+    this.q.dead.run(row.storedLength, row.storedLength, row.container);
+  }
+
+  moveChunk(handle: Handle, container: number, offset: number): void {
+    this.q.move.run(container, offset, handle);
+  }
+
+  /** Registers a new container id (never reused, even if the container stays empty). */
+  allocateContainer(): number {
+    return this.transaction(() => {
+      const id = ((this.q.maxContainer.get() as number | null) ?? 0) + 1;
+      this.q.newContainer.run(id);
+      return id;
+    });
+  }
+
+  markSealed(id: number): void {
+    this.q.seal.run(id);
+  }
+
+  getMeta(key: string): string | undefined {
+    return this.q.metaGet.get(key) as string | undefined;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.q.metaSet.run(key, value);
+  }
+
+  *iterateChunks(where = '', ...params: unknown[]): Generator<ChunkRow> {
+    const stmt = this.db.prepare(`SELECT * FROM chunks ${where}`);
+    for (const r of stmt.iterate(...params) as Iterable<RawChunkRow>) yield toLocation(r);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,249 @@
+import { LRUCache } from 'lru-cache';
+import {
+  ChunkKind, Chunking, type ChunkerParams, type ContentSource, type Extent, type Handle, type ObjectInfo,
+  type ObjectReader, type ObjectWriter, type TreeEntry, type TreeReader, type TreeWriter, type WriteObjectOptions,
+} from '../types.js';
+import { createChunker } from './chunker.js';
+import type { ChunkStore } from './chunk-store.js';
+import { handleKey, hashBytes } from './hash.js';
+import {
+  childAt, decodeNode, encodeNode, FLAG_ROOT, FLAG_TREE, isHole, nodeSize, ZERO_HANDLE, type MerkleNode,
+} from './merkle-node.js';
+import { decodeTree, encodeTree } from './tree-codec.js';
+
+// Merkle objects over the chunk store. Node boundaries are content-defined (a node ends after a
+// child whose handle matches a bit pattern), so an insertion changes only the nodes on its path
+// and shifted data keeps its subtrees' handles: diffs stay proportional to the change.
+
+const READ_PIECE = 4 * 1024 * 1024;
+const NODE_MIN = 16;
+const NODE_MAX = 1024;
+const SPLIT_MASK = 0x3f; // ~64 children per node on average
+
+/** One leaf of an object: a data chunk or a hole, at an absolute offset. */
+export interface Leaf {
+  offset: number;
+  length: number;
+  handle: Handle;
+}
+
+/** Builds one object bottom-up as chunks arrive. */
+class ObjectBuilder {
+  private readonly levels: { handles: Handle[]; lengths: number[] }[] = [];
+  size = 0;
+
+  constructor(
+    private readonly chunks: ChunkStore,
+    private readonly chunking: Chunking,
+    private readonly tree: boolean,
+  ) {}
+
+  add(handle: Handle, length: number): void {
+    this.size += length;
+    this.push(0, handle, length);
+  }
+
+  private push(level: number, handle: Handle, length: number): void {
+    const l = (this.levels[level] ??= { handles: [], lengths: [] });
+    const n = l.handles.length;
+    // Adjacent holes merge into one entry.
+    if (n > 0 && isHole(handle) && isHole(l.handles[n - 1])) {
+      l.lengths[n - 1] += length;
+      return;
+    }
+    l.handles.push(handle);
+    l.lengths.push(length);
+    const boundary = !isHole(handle) && (handle.readUInt16LE(30) & SPLIT_MASK) === 0;
+    if ((boundary && l.handles.length >= NODE_MIN) || l.handles.length >= NODE_MAX) this.flush(level);
+  }
+
+  private flush(level: number): void {
+    const l = this.levels[level];
+    const h = this.storeNode(level, 0, l.handles, l.lengths);
+    const total = l.lengths.reduce((a, b) => a + b, 0);
+    this.levels[level] = { handles: [], lengths: [] };
+    this.push(level + 1, h, total);
+  }
+
+  private storeNode(level: number, flags: number, handles: Handle[], lengths: number[], extra: Handle[] = []): Handle {
+    const bytes = encodeNode(level, flags | (this.tree ? FLAG_TREE : 0), this.chunking, handles, lengths);
+    const h = hashBytes(bytes);
+    const kind = flags & FLAG_ROOT && this.tree ? ChunkKind.TreeRoot : ChunkKind.Node;
+    const children = handles.filter((c) => !isHole(c)).concat(extra);
+    this.chunks.put(h, kind, bytes, children);
+    return h;
+  }
+
+  /** Writes the remaining nodes and the root; `extra` are references the root holds besides its children. */
+  finish(extra: Handle[] = []): Handle | null {
+    if (this.size === 0 && this.levels.length === 0) return null;
+    let top = this.levels.length - 1;
+    for (let level = 0; level < top; level++) {
+      if (this.levels[level].handles.length > 0) this.flush(level);
+      top = this.levels.length - 1;
+    }
+    const l = this.levels[top];
+    return this.storeNode(top, FLAG_ROOT, l.handles, l.lengths, extra);
+  }
+}
+
+/** Walks an object's leaves in order, lazily (used as the predecessor cursor). */
+export function* iterateLeaves(objects: ObjectStore, root: Handle): Generator<Leaf> {
+  const stack: { node: MerkleNode; i: number; base: number }[] = [{ node: objects.node(root), i: 0, base: 0 }];
+  while (stack.length) {
+    const top = stack[stack.length - 1];
+    if (top.i >= top.node.handles.length) { stack.pop(); continue; }
+    const i = top.i++;
+    const h = top.node.handles[i];
+    const offset = top.base + top.node.starts[i];
+    if (top.node.level === 0 || isHole(h)) yield { offset, length: top.node.lengths[i], handle: h };
+    else stack.push({ node: objects.node(h), i: 0, base: offset });
+  }
+}
+
+export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, TreeReader {
+  private readonly nodes = new LRUCache<string, MerkleNode>({ max: 4096 });
+  private readonly trees = new LRUCache<string, TreeEntry[]>({ max: 1024 });
+  private readonly zeros: Buffer;
+
+  constructor(readonly chunks: ChunkStore, readonly params: ChunkerParams) {
+    this.zeros = Buffer.alloc(Math.max(params.max, params.fixedSize));
+  }
+
+  writeObject(source: ContentSource | Buffer, opts: WriteObjectOptions = {}): ObjectInfo {
+    return this.write(source, opts.chunking ?? Chunking.Cdc, opts.predecessor ?? null, false, []);
+  }
+
+  private write(source: ContentSource | Buffer, chunking: Chunking, predecessor: Handle | null, tree: boolean, extra: Handle[]): ObjectInfo {
+    const chunker = createChunker(chunking, this.params);
+    const builder = new ObjectBuilder(this.chunks, chunking, tree);
+    const prev = predecessor ? iterateLeaves(this, predecessor) : null;
+    let prevLeaf: Leaf | undefined = prev?.next().value ?? undefined;
+    let offset = 0;
+    const take = (chunk: Buffer) => {
+      const len = chunk.length;
+      if (this.zeros.subarray(0, len).equals(chunk)) {
+        this.chunks.noteZero(len);
+        builder.add(ZERO_HANDLE, len);
+        offset += len;
+        return;
+      }
+      const h = hashBytes(chunk);
+      // Temporal check first: the predecessor's chunk at the same offset.
+      while (prev && prevLeaf && prevLeaf.offset + prevLeaf.length <= offset) prevLeaf = prev.next().value ?? undefined;
+      if (prevLeaf && prevLeaf.offset === offset && prevLeaf.length === len && prevLeaf.handle.equals(h)) {
+        this.chunks.noteTemporalHit(len);
+      } else {
+        this.chunks.put(h, ChunkKind.Data, chunk);
+      }
+      builder.add(h, len);
+      offset += len;
+    };
+    if (Buffer.isBuffer(source)) {
+      for (const c of chunker.write(source)) take(c);
+    } else {
+      for (let pos = 0; ;) {
+        const buf = Buffer.allocUnsafe(READ_PIECE);
+        const n = source.read(buf, pos);
+        if (n <= 0) break;
+        pos += n;
+        for (const c of chunker.write(n === buf.length ? buf : buf.subarray(0, n))) take(c);
+      }
+    }
+    for (const c of chunker.end()) take(c);
+    return { root: builder.finish(extra), size: builder.size };
+  }
+
+  /** Decoded node, cached. */
+  node(handle: Handle): MerkleNode {
+    const key = handleKey(handle);
+    let n = this.nodes.get(key);
+    if (!n) {
+      n = decodeNode(this.chunks.get(handle));
+      this.nodes.set(key, n);
+    }
+    return n;
+  }
+
+  objectSize(root: Handle): number {
+    return nodeSize(this.node(root));
+  }
+
+  readObject(root: Handle, offset: number, length: number): Buffer {
+    const size = this.objectSize(root);
+    const start = Math.max(0, Math.min(offset, size));
+    const end = Math.min(size, start + Math.max(0, length));
+    const out = Buffer.alloc(end - start);
+    if (end > start) this.readInto(root, 0, start, end, out, start);
+    return out;
+  }
+
+  /** Fills out[from-outBase .. to-outBase) from the subtree at `handle` whose first byte is at `base`. */
+  private readInto(handle: Handle, base: number, from: number, to: number, out: Buffer, outBase: number): void {
+    const n = this.node(handle);
+    for (let i = childAt(n, from - base); i < n.handles.length; i++) {
+      const cStart = base + n.starts[i];
+      if (cStart >= to) break;
+      const cEnd = cStart + n.lengths[i];
+      const h = n.handles[i];
+      if (isHole(h)) continue; // out is zero-filled
+      if (n.level === 0) {
+        const data = this.chunks.get(h);
+        const s = Math.max(from, cStart);
+        const e = Math.min(to, cEnd);
+        data.copy(out, s - outBase, s - cStart, e - cStart);
+      } else {
+        this.readInto(h, cStart, Math.max(from, cStart), Math.min(to, cEnd), out, outBase);
+      }
+    }
+  }
+
+  extents(root: Handle): Extent[] {
+    const out: Extent[] = [];
+    for (const leaf of iterateLeaves(this, root)) {
+      const hole = isHole(leaf.handle);
+      const last = out[out.length - 1];
+      if (last && last.hole === hole) last.length += leaf.length;
+      else out.push({ offset: leaf.offset, length: leaf.length, hole });
+    }
+    return out;
+  }
+
+  writeTree(entries: TreeEntry[]): Handle {
+    const bytes = encodeTree(entries);
+    const refs = entries.filter((e) => e.content).map((e) => e.content as Handle);
+    const { root } = this.write(bytes, Chunking.Cdc, null, true, refs);
+    return root as Handle; // an encoded tree is never empty (it has a header)
+  }
+
+  readTree(handle: Handle): TreeEntry[] {
+    const key = handleKey(handle);
+    let t = this.trees.get(key);
+    if (!t) {
+      t = decodeTree(this.readObject(handle, 0, this.objectSize(handle)));
+      this.trees.set(key, t);
+    }
+    return t;
+  }
+
+  /**
+   * Every handle a stored chunk references: a node's children, plus for a tree root the content
+   * of its entries. Data chunks reference nothing. Used by release (rm), mark (gc) and verify.
+   */
+  references(handle: Handle, kind: ChunkKind): Handle[] {
+    if (kind !== ChunkKind.Node && kind !== ChunkKind.TreeRoot) return [];
+    const n = this.node(handle);
+    const out = n.handles.filter((h) => !isHole(h));
+    if (kind === ChunkKind.TreeRoot) {
+      for (const e of this.readTree(handle)) if (e.content) out.push(e.content);
+    }
+    return out;
+  }
+
+  forget(handle: Handle): void {
+    const key = handleKey(handle);
+    this.nodes.delete(key);
+    this.trees.delete(key);
+    this.chunks.forget(handle);
+  }
+}

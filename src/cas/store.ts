@@ -1,0 +1,121 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { invalid, notFound, StrataError } from '../errors.js';
+import type { ChunkerParams } from '../types.js';
+import { DEFAULT_CHUNKER_PARAMS } from './chunker.js';
+import { ChunkStore, DEFAULT_CHUNK_STORE_OPTIONS } from './chunk-store.js';
+import { IndexDb } from './index-db.js';
+import { LocalBlobStore } from './local-blob-store.js';
+import { ObjectStore } from './object-store.js';
+
+// A store directory: store.json (fixed at init), index.db (SQLite, WAL), containers/, lock.
+
+export interface StoreConfig {
+  format: 1;
+  chunker: ChunkerParams;
+  containerSize: number;
+}
+
+export interface OpenOptions {
+  /** Take the writer lock (import, rm, gc, rebuild). Readers need no lock. */
+  write?: boolean;
+}
+
+const CONFIG = 'store.json';
+const INDEX = 'index.db';
+const LOCK = 'lock';
+
+export class CasStore {
+  readonly index: IndexDb;
+  readonly blobs: LocalBlobStore;
+  readonly chunks: ChunkStore;
+  readonly objects: ObjectStore;
+  private lockFd: number | null = null;
+
+  private constructor(readonly dir: string, readonly config: StoreConfig, readonly writable: boolean) {
+    if (writable) this.lockFd = takeLock(path.join(dir, LOCK));
+    try {
+      this.index = new IndexDb(path.join(dir, INDEX));
+      this.blobs = new LocalBlobStore(path.join(dir, 'containers'));
+      this.chunks = new ChunkStore(this.index, this.blobs, { ...DEFAULT_CHUNK_STORE_OPTIONS, containerSize: config.containerSize });
+      this.objects = new ObjectStore(this.chunks, config.chunker);
+    } catch (e) {
+      this.releaseLock();
+      throw e;
+    }
+  }
+
+  /** Creates a new, empty store in `dir` (created if missing; must be empty). */
+  static init(dir: string, overrides: Partial<StoreConfig> = {}): void {
+    fs.mkdirSync(dir, { recursive: true });
+    if (fs.existsSync(path.join(dir, CONFIG))) throw new StrataError('EEXIST', `a store already exists at ${dir}`);
+    if (fs.readdirSync(dir).length > 0) throw invalid(`${dir} is not empty; choose an empty or new directory`);
+    const config: StoreConfig = {
+      format: 1,
+      chunker: overrides.chunker ?? DEFAULT_CHUNKER_PARAMS,
+      containerSize: overrides.containerSize ?? DEFAULT_CHUNK_STORE_OPTIONS.containerSize,
+    };
+    fs.mkdirSync(path.join(dir, 'containers'));
+    new IndexDb(path.join(dir, INDEX)).close();
+    const tmp = path.join(dir, CONFIG + '.tmp');
+    fs.writeFileSync(tmp, JSON.stringify(config, null, 2) + '\n');
+    fs.renameSync(tmp, path.join(dir, CONFIG));
+  }
+
+  static open(dir: string, opts: OpenOptions = {}): CasStore {
+    let config: StoreConfig;
+    try {
+      config = JSON.parse(fs.readFileSync(path.join(dir, CONFIG), 'utf8')) as StoreConfig;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(`store at ${dir} (run 'strata init --store ${dir}')`);
+      throw invalid(`cannot read ${path.join(dir, CONFIG)}: ${(e as Error).message}`);
+    }
+    if (config.format !== 1) throw invalid(`unsupported store format ${String(config.format)}`);
+    return new CasStore(dir, config, opts.write ?? false);
+  }
+
+  /** Commits and seals what is pending, then releases the lock. */
+  close(): void {
+    try {
+      if (this.writable) this.chunks.close();
+      this.index.close();
+    } finally {
+      this.releaseLock();
+    }
+  }
+
+  private releaseLock(): void {
+    if (this.lockFd === null) return;
+    fs.closeSync(this.lockFd);
+    fs.rmSync(path.join(this.dir, LOCK), { force: true });
+    this.lockFd = null;
+  }
+}
+
+/** Exclusive writer lock: a file holding the owner's pid; a lock whose owner is gone is taken over. */
+function takeLock(file: string): number {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = fs.openSync(file, 'wx', 0o600);
+      fs.writeSync(fd, `${process.pid}\n`);
+      return fd;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number.parseInt(fs.readFileSync(file, 'utf8'), 10);
+      if (Number.isFinite(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
+        throw new StrataError('ELOCKED', `store is in use by process ${pid} (lock ${file})`);
+      }
+      fs.rmSync(file, { force: true });
+    }
+  }
+  throw new StrataError('ELOCKED', `cannot take the store lock ${file}`);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,381 @@
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { diffEntries, type PathChange } from '../cas/diff.js';
+import { collectGarbage } from '../cas/gc.js';
+import { handleHex } from '../cas/hash.js';
+import { rebuildIndex } from '../cas/rebuild.js';
+import { CasStore } from '../cas/store.js';
+import { verifyStore } from '../cas/verify.js';
+import { invalid, isStrataError, StrataError } from '../errors.js';
+import { importHostPath } from '../host/import-tree.js';
+import { lookupPath, restoreToHost } from '../host/restore-tree.js';
+import { Catalogue } from '../temporal/catalogue.js';
+import { Chunking, type SnapshotInfo, type TreeEntry } from '../types.js';
+import { displayPath, formatBytes, isoTime, jsonPath, modeString, Progress, snapshotLabel } from './format.js';
+import { drawTemporalTree } from './log-draw.js';
+
+const USAGE = `usage: strata <command> [options]   (every command takes --store DIR or STRATA_STORE)
+
+  init                              create a store
+  import PATH [--name N] [--parent SNAP] [--chunking cdc|fixed]
+                                    store a directory tree or an image file as a snapshot
+  ls SNAP[:PATH] [-l]               list a directory of a snapshot
+  cat SNAP:PATH                     write a file of a snapshot to stdout
+  restore SNAP[:PATH] DEST          restore a snapshot (or part) to DEST
+  diff A B                          changed paths and byte extents from snapshot A to B
+  log                               the temporal tree of snapshots
+  stats                             sizes, dedup and compression ratios, unique bytes per snapshot
+  rm SNAP                           remove a snapshot (its children are re-parented)
+  gc [--threshold F]                reclaim space of removed data; compact sparse containers
+  verify [--sample PERCENT]         re-read and re-hash stored data
+  index rebuild                     rebuild the index from the containers alone
+
+  --json    machine-readable output`;
+
+interface Ctx {
+  store: string;
+  json: boolean;
+  values: Record<string, string | boolean | undefined>;
+  args: string[];
+}
+
+const out = (s: string) => process.stdout.write(s + '\n');
+const printJson = (v: unknown) => out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x), 2));
+
+function withStore<T>(ctx: Ctx, write: boolean, fn: (cas: CasStore, cat: Catalogue) => T): T {
+  const cas = CasStore.open(ctx.store, { write });
+  try {
+    return fn(cas, new Catalogue(cas));
+  } finally {
+    cas.close();
+  }
+}
+
+/** A snapshot's root as a tree entry, so a directory root and a single-file root read alike. */
+function rootEntry(cas: CasStore, s: SnapshotInfo): TreeEntry {
+  const name = Buffer.from(s.source ? path.basename(s.source) : s.id);
+  if (s.rootType === 'dir') {
+    return { name, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: BigInt(s.createdMs) * 1_000_000n, atimeNs: 0n, size: 0, content: s.root };
+  }
+  return { name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeNs: BigInt(s.createdMs) * 1_000_000n, atimeNs: 0n, size: cas.objects.objectSize(s.root), content: s.root };
+}
+
+/** Parses SNAP or SNAP:PATH. */
+function resolveSpec(cas: CasStore, cat: Catalogue, spec: string): { snap: SnapshotInfo; entry: TreeEntry; rel: Buffer } {
+  const i = spec.indexOf(':');
+  const ref = i < 0 ? spec : spec.slice(0, i);
+  const rel = Buffer.from(i < 0 ? '' : spec.slice(i + 1).replace(/^\/+|\/+$/g, ''));
+  const snap = cat.get(ref);
+  const root = rootEntry(cas, snap);
+  const entry = rel.length ? lookupPath(cas.objects, root, rel) : root;
+  return { snap, entry, rel };
+}
+
+function need(ctx: Ctx, n: number, what: string): void {
+  if (ctx.args.length < n) throw invalid(`missing ${what}\n${USAGE}`);
+}
+
+const commands: Record<string, (ctx: Ctx) => void> = {
+  init(ctx) {
+    CasStore.init(ctx.store);
+    if (ctx.json) printJson({ store: path.resolve(ctx.store) });
+    else out(`initialised store at ${path.resolve(ctx.store)}`);
+  },
+
+  import(ctx) {
+    need(ctx, 1, 'PATH to import');
+    const source = path.resolve(ctx.args[0]);
+    const chunkingOpt = ctx.values.chunking as string | undefined;
+    if (chunkingOpt && chunkingOpt !== 'cdc' && chunkingOpt !== 'fixed') throw invalid(`--chunking must be cdc or fixed`);
+    withStore(ctx, true, (cas, cat) => {
+      const started = Date.now();
+      const parent = ctx.values.parent ? cat.get(ctx.values.parent as string) : cat.latestBySource(source) ?? null;
+      if (ctx.values.name) cat.checkNewName(ctx.values.name as string); // fail before the work, not after
+      const progress = new Progress();
+      const res = importHostPath(source, {
+        objects: cas.objects,
+        trees: cas.objects,
+        previous: parent ? { trees: cas.objects, root: parent.root, rootType: parent.rootType } : null,
+      }, {
+        chunking: chunkingOpt === 'fixed' ? Chunking.Fixed : chunkingOpt === 'cdc' ? Chunking.Cdc : undefined,
+        onProgress: (p) => progress.update(`importing: ${p.files} files, ${formatBytes(p.bytes)}  ${displayPath(Buffer.from(p.path))}`.slice(0, 160)),
+      });
+      progress.done();
+      const snap = cat.create({
+        name: (ctx.values.name as string | undefined) ?? null,
+        parent: parent?.id ?? null,
+        source,
+        root: res.root,
+        rootType: res.rootType,
+        logicalBytes: res.logicalBytes,
+        fileCount: res.fileCount,
+      });
+      const st = cas.chunks.stats;
+      const seconds = (Date.now() - started) / 1000;
+      const storedBytes = st.storedBytes + 48 * st.newChunks;
+      if (ctx.json) {
+        printJson({
+          id: snap.id, name: snap.name, parent: snap.parent, root: handleHex(snap.root), logicalBytes: res.logicalBytes,
+          storedBytes, files: res.fileCount, dirs: res.dirCount, seconds, dedup: st,
+        });
+      } else {
+        out(`snapshot ${snapshotLabel(snap)}${snap.parent ? ` (parent ${snap.parent})` : ''}: ${res.fileCount} files, ${formatBytes(res.logicalBytes)} in ${seconds.toFixed(1)} s`);
+        out(`  new data ${formatBytes(st.newBytes)} stored as ${formatBytes(storedBytes)}; deduplicated ${formatBytes(st.dedupBytes)} ` +
+          `(${st.temporalHits} temporal, ${st.cacheHits} cache, ${st.indexHits} index hits); zeros ${formatBytes(st.zeroBytes)}`);
+      }
+    });
+  },
+
+  ls(ctx) {
+    need(ctx, 1, 'SNAP[:PATH]');
+    withStore(ctx, false, (cas, cat) => {
+      const { entry } = resolveSpec(cas, cat, ctx.args[0]);
+      const list = entry.type === 'dir' && entry.content ? cas.objects.readTree(entry.content) : [entry];
+      if (ctx.json) {
+        printJson(list.map((e) => ({
+          name: jsonPath(e.name), type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, size: e.size,
+          mtime: new Date(Number(e.mtimeNs / 1_000_000n)).toISOString(),
+          target: e.target ? jsonPath(e.target) : undefined, content: e.content ? handleHex(e.content) : null,
+        })));
+        return;
+      }
+      for (const e of list) {
+        const name = displayPath(e.name) + (e.type === 'dir' ? '/' : '') + (e.target ? ` -> ${displayPath(e.target)}` : '');
+        if (ctx.values.long) {
+          out(`${modeString(e)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(12)} ${isoTime(Number(e.mtimeNs / 1_000_000n))} ${name}`);
+        } else out(name);
+      }
+    });
+  },
+
+  cat(ctx) {
+    need(ctx, 1, 'SNAP:PATH');
+    withStore(ctx, false, (cas, cat) => {
+      const { entry } = resolveSpec(cas, cat, ctx.args[0]);
+      if (entry.type !== 'file') throw new StrataError('EISDIR', `${ctx.args[0]} is a ${entry.type}, not a file`);
+      if (!entry.content) return;
+      const size = cas.objects.objectSize(entry.content);
+      const piece = 4 * 1024 * 1024;
+      for (let off = 0; off < size; off += piece) {
+        writeAllSync(1, cas.objects.readObject(entry.content, off, piece));
+      }
+    });
+  },
+
+  restore(ctx) {
+    need(ctx, 2, 'SNAP[:PATH] DEST');
+    withStore(ctx, false, (cas, cat) => {
+      const { entry } = resolveSpec(cas, cat, ctx.args[0]);
+      const progress = new Progress();
+      const started = Date.now();
+      const r = restoreToHost(entry, path.resolve(ctx.args[1]), { objects: cas.objects, trees: cas.objects }, {
+        onProgress: (p) => progress.update(`restoring: ${p.files} files, ${formatBytes(p.bytes)}`),
+      });
+      progress.done();
+      const seconds = (Date.now() - started) / 1000;
+      if (ctx.json) printJson({ ...r, seconds });
+      else out(`restored ${r.files} files, ${formatBytes(r.bytes)} to ${path.resolve(ctx.args[1])} in ${seconds.toFixed(1)} s`);
+    });
+  },
+
+  diff(ctx) {
+    need(ctx, 2, 'two snapshots A B');
+    withStore(ctx, false, (cas, cat) => {
+      const a = resolveSpec(cas, cat, ctx.args[0]);
+      const b = resolveSpec(cas, cat, ctx.args[1]);
+      const changes: PathChange[] = [...diffEntries(cas.objects, a.entry, b.entry)];
+      if (ctx.json) {
+        printJson(changes.map((c) => ({ ...c, path: jsonPath(c.path) })));
+        return;
+      }
+      const sym: Record<PathChange['change'], string> = { added: '+', removed: '-', modified: 'M', type: 'T', meta: 'm' };
+      for (const c of changes) {
+        let line = `${sym[c.change]} ${displayPath(c.path) || '.'}`;
+        if (c.extents) {
+          const bytes = c.extents.reduce((s, e) => s + e.length, 0);
+          const shown = c.extents.slice(0, 4).map((e) => `${e.offset}+${e.length}`).join(' ');
+          line += `  (${formatBytes(bytes)} changed in ${c.extents.length} extents: ${shown}${c.extents.length > 4 ? ' ...' : ''})`;
+        }
+        out(line);
+      }
+    });
+  },
+
+  log(ctx) {
+    withStore(ctx, false, (_cas, cat) => {
+      const snaps = cat.list();
+      if (ctx.json) printJson(snaps.map((s) => ({ ...s, root: handleHex(s.root), created: isoTime(s.createdMs) })));
+      else for (const line of drawTemporalTree(snaps)) out(line);
+    });
+  },
+
+  stats(ctx) {
+    withStore(ctx, false, (cas, cat) => {
+      const snaps = cat.list();
+      const db = cas.index.db;
+      const agg = db.prepare('SELECT count(*) AS n, coalesce(sum(raw),0) AS raw, coalesce(sum(stored),0) AS stored FROM chunks WHERE kind = 0').get() as { n: number; raw: number; stored: number };
+      const meta = db.prepare('SELECT count(*) AS n, coalesce(sum(stored),0) AS stored FROM chunks WHERE kind != 0').get() as { n: number; stored: number };
+      const cont = db.prepare('SELECT count(*) AS n, coalesce(sum(live_bytes),0) AS live, coalesce(sum(dead_bytes),0) AS dead FROM containers WHERE sealed != 2').get() as { n: number; live: number; dead: number };
+      let onDisk = 0;
+      for (const name of cas.blobs.list()) onDisk += cas.blobs.size(name);
+      const logical = snaps.reduce((s, x) => s + x.logicalBytes, 0);
+      const perSnapshot = snaps.map((s) => ({ id: s.id, name: s.name, logicalBytes: s.logicalBytes, uniqueBytes: cat.uniqueBytes(s).storedBytes }));
+      const result = {
+        snapshots: snaps.length,
+        logicalBytes: logical,
+        storedBytes: onDisk,
+        uniqueDataBytes: agg.raw,
+        dataChunks: agg.n,
+        metadataChunks: meta.n,
+        metadataBytes: meta.stored,
+        containers: cont.n,
+        liveBytes: cont.live,
+        deadBytes: cont.dead,
+        dedupRatio: onDisk ? logical / onDisk : 0,
+        compressionRatio: agg.stored ? agg.raw / agg.stored : 0,
+        perSnapshot,
+      };
+      if (ctx.json) { printJson(result); return; }
+      out(`snapshots          ${result.snapshots}`);
+      out(`logical bytes      ${formatBytes(logical)}  (sum over snapshots)`);
+      out(`stored bytes       ${formatBytes(onDisk)}  in ${cont.n} containers (${formatBytes(cont.dead)} dead, reclaimable by gc)`);
+      out(`unique data        ${formatBytes(agg.raw)} in ${agg.n} chunks; metadata ${formatBytes(meta.stored)} in ${meta.n} chunks`);
+      out(`dedup ratio        ${result.dedupRatio.toFixed(2)}  (logical / stored)`);
+      out(`compression ratio  ${result.compressionRatio.toFixed(2)}`);
+      if (perSnapshot.length) out('unique bytes per snapshot (what removing it would free):');
+      for (const p of perSnapshot) out(`  ${p.id} ${(p.name ?? '').padEnd(20)} ${formatBytes(p.uniqueBytes).padStart(12)} of ${formatBytes(p.logicalBytes)}`);
+    });
+  },
+
+  rm(ctx) {
+    need(ctx, 1, 'SNAP');
+    withStore(ctx, true, (_cas, cat) => {
+      const r = cat.remove(ctx.args[0]);
+      if (ctx.json) printJson({ removed: r.removed.id, reparented: r.reparented, freedChunks: r.freed.chunks, freedBytes: r.freed.storedBytes });
+      else {
+        out(`removed ${snapshotLabel(r.removed)}; ${r.freed.chunks} chunks (${formatBytes(r.freed.storedBytes)}) are now free for 'strata gc'`);
+        if (r.reparented.length) out(`re-parented ${r.reparented.join(', ')} to ${r.removed.parent ?? '(root)'}`);
+      }
+    });
+  },
+
+  gc(ctx) {
+    const threshold = ctx.values.threshold === undefined ? 0.5 : Number(ctx.values.threshold);
+    if (!(threshold >= 0 && threshold <= 1)) throw invalid('--threshold must be a fraction between 0 and 1');
+    withStore(ctx, true, (cas, cat) => {
+      const progress = new Progress();
+      const r = collectGarbage(cas, cat.list(), cat.recordHandles(), {
+        threshold,
+        onProgress: (p) => progress.update(`gc ${p.phase}: ${p.done}/${p.total}`),
+      });
+      progress.done();
+      if (ctx.json) printJson(r);
+      else out(`gc: marked ${r.marked} chunks, swept ${r.swept} (${formatBytes(r.sweptBytes)}), compacted ${r.compactedContainers} containers (${r.movedChunks} chunks moved), deleted ${r.deletedContainers} empty; reclaimed ${formatBytes(r.reclaimedBytes)}`);
+    });
+  },
+
+  verify(ctx) {
+    const sample = ctx.values.sample === undefined ? undefined : Number(ctx.values.sample);
+    if (sample !== undefined && !(sample > 0 && sample <= 100)) throw invalid('--sample must be a percentage in (0, 100]');
+    const report = withStore(ctx, false, (cas, cat) => {
+      const progress = new Progress();
+      const r = verifyStore(cas, cat.list(), { samplePercent: sample, onProgress: (p) => progress.update(`verifying: ${p.done}/${p.total} chunks, ${formatBytes(p.bytes)}`) });
+      progress.done();
+      return r;
+    });
+    if (ctx.json) printJson(report);
+    else {
+      out(`verified ${report.chunksChecked} chunks (${formatBytes(report.bytesChecked)})${sample !== undefined ? ` (${sample}% sample)` : ''}: ${report.ok ? 'ok' : 'DAMAGED'}`);
+      for (const b of report.bad) out(`  corrupt: ${b.message}`);
+      for (const m of report.missing) out(`  missing: chunk ${m.handle.slice(0, 12)} referenced by snapshot ${m.snapshot}`);
+      for (const a of report.affected) {
+        out(`  affected snapshot ${a.snapshot}${a.name ? ` (${a.name})` : ''}:`);
+        for (const p of a.paths.slice(0, 50)) out(`    ${p}`);
+        if (a.paths.length > 50) out(`    ... and ${a.paths.length - 50} more`);
+      }
+    }
+    if (!report.ok) process.exitCode = 3;
+  },
+
+  index(ctx) {
+    if (ctx.args[0] !== 'rebuild') throw invalid(`usage: strata index rebuild --store DIR`);
+    CasStore.open(ctx.store, { write: true }).close(); // fails clearly if the store is missing or locked
+    const r = rebuildIndex(ctx.store, () => CasStore.open(ctx.store, { write: true }));
+    if (ctx.json) printJson(r);
+    else {
+      out(`rebuilt index from ${r.containers} containers: ${r.chunks} chunks, ${r.snapshots} snapshots${r.backup ? `; old index kept at ${r.backup}` : ''}`);
+      for (const p of r.problems) out(`  problem: ${p}`);
+    }
+  },
+};
+
+function writeAllSync(fd: number, buf: Buffer): void {
+  for (let off = 0; off < buf.length;) {
+    try {
+      off += require_fs().writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+      if ((e as NodeJS.ErrnoException).code === 'EPIPE') process.exit(0);
+      throw e;
+    }
+  }
+}
+
+import fsModule from 'node:fs';
+const require_fs = () => fsModule;
+
+export function main(argv: string[]): number {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        store: { type: 'string', short: 's' },
+        json: { type: 'boolean' },
+        name: { type: 'string' },
+        parent: { type: 'string' },
+        chunking: { type: 'string' },
+        long: { type: 'boolean', short: 'l' },
+        threshold: { type: 'string' },
+        sample: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (e) {
+    process.stderr.write(`strata: ${(e as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const [cmd, ...args] = parsed.positionals;
+  if (!cmd || parsed.values.help) {
+    out(USAGE);
+    return cmd || parsed.values.help ? 0 : 2;
+  }
+  const fn = commands[cmd];
+  if (!fn) {
+    process.stderr.write(`strata: unknown command '${cmd}'\n${USAGE}\n`);
+    return 2;
+  }
+  const store = (parsed.values.store as string | undefined) ?? process.env.STRATA_STORE;
+  if (!store) {
+    process.stderr.write(`strata: no store given: pass --store DIR or set STRATA_STORE\n`);
+    return 2;
+  }
+  try {
+    fn({ store, json: Boolean(parsed.values.json), values: parsed.values, args });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (isStrataError(e)) {
+      process.stderr.write(`strata: ${e.message}\n`);
+      return e.code === 'EINVAL' ? 2 : 1;
+    }
+    const err = e as NodeJS.ErrnoException;
+    if (err.code && err.message) {
+      process.stderr.write(`strata: ${err.message}\n`);
+      if (process.env.STRATA_DEBUG) process.stderr.write(`${err.stack}\n`);
+      return 1;
+    }
+    process.stderr.write(`strata: internal error: ${err.stack ?? String(e)}\n`);
+    return 70;
+  }
+}

@@ -1,0 +1,172 @@
+// Domain vocabulary and the narrow interfaces the layers use. Depends on nothing.
+
+/** A BLAKE3-256 digest naming a chunk, an object node or a tree. Always 32 bytes. */
+export type Handle = Buffer;
+export const HANDLE_BYTES = 32;
+
+/** What a stored chunk holds. Object nodes are interior/leaf-list nodes of a Merkle object. */
+export enum ChunkKind {
+  Data = 0,
+  /** A Merkle node of a file object (interior or leaf list). */
+  Node = 1,
+  /** The root node of a tree object (a directory listing): it also references its entries' content. */
+  TreeRoot = 2,
+  /** A snapshot catalogue record (JSON), so the index can be rebuilt from containers alone. */
+  Snapshot = 3,
+  /** Records the removal of a snapshot (JSON with its id). */
+  Tombstone = 4,
+}
+
+/** How a chunk's bytes are stored in a container. */
+export enum Codec {
+  Raw = 0,
+  Zstd = 1,
+}
+
+/** How an object's content was cut into chunks. Recorded in the object's root node. */
+export enum Chunking {
+  /** FastCDC with normalized chunking (file content). */
+  Cdc = 0,
+  /** Fixed-size, offset-aligned blocks (disk and LUN images). */
+  Fixed = 1,
+}
+
+export interface ChunkerParams {
+  /** FastCDC: min/avg/max chunk sizes in bytes. */
+  min: number;
+  avg: number;
+  max: number;
+  /** Fixed-size chunking block size in bytes. */
+  fixedSize: number;
+}
+
+/** Streaming chunker: bytes in, whole chunks out, in order. */
+export interface Chunker {
+  /** Feeds bytes; returns the chunks completed so far. Returned buffers stay valid (never reused). */
+  write(data: Buffer): Buffer[];
+  /** Ends the stream; returns the last chunks (possibly none). */
+  end(): Buffer[];
+}
+
+/** Where one stored chunk lives. `offset` is the payload offset inside the container. */
+export interface ChunkLocation {
+  container: number;
+  offset: number;
+  storedLength: number;
+  rawLength: number;
+  codec: Codec;
+  kind: ChunkKind;
+}
+
+/** One chunk record as a container describes itself (enough to rebuild the index). */
+export interface ContainerRecord extends ChunkLocation {
+  handle: Handle;
+}
+
+/** Write-once blobs (containers). Local directory first; an S3-compatible store later. */
+export interface BlobStore {
+  /** Reads `length` bytes at `offset` of blob `name`; throws a StrataError (code 'ENOENT' or 'ETRUNC') if not all there. */
+  read(name: string, offset: number, length: number): Buffer;
+  size(name: string): number;
+  list(): string[];
+  delete(name: string): void;
+  /** Opens a new blob for appending; it becomes durable at each sync() and final at close(). */
+  create(name: string): BlobAppender;
+}
+
+export interface BlobAppender {
+  /** Appends and returns the offset the bytes were written at. */
+  append(data: Buffer): number;
+  readonly length: number;
+  /** Makes everything appended so far durable (fsync). */
+  sync(): void;
+  close(): void;
+}
+
+/** A source of content to store, read like a file descriptor. */
+export interface ContentSource {
+  /** Fills `buf` from `position`; returns bytes read, 0 at the end. */
+  read(buf: Buffer, position: number): number;
+}
+
+export interface WriteObjectOptions {
+  chunking?: Chunking;
+  /** The previous version of this object: its chunk at the same offset is compared first. */
+  predecessor?: Handle | null;
+}
+
+export interface ObjectInfo {
+  /** Root handle; null for empty content. */
+  root: Handle | null;
+  size: number;
+}
+
+/** An extent of an object: either stored data or a hole (zeros, costing no storage). */
+export interface Extent {
+  offset: number;
+  length: number;
+  hole: boolean;
+}
+
+export interface ObjectWriter {
+  /** Stores content as a Merkle object. */
+  writeObject(source: ContentSource | Buffer, opts?: WriteObjectOptions): ObjectInfo;
+}
+
+export interface ObjectReader {
+  objectSize(root: Handle): number;
+  /** Reads a byte range (clamped to the object's size); holes read as zeros. Verifies every chunk's hash. */
+  readObject(root: Handle, offset: number, length: number): Buffer;
+  /** Data and hole extents in order, covering the whole object (adjacent holes merged). */
+  extents(root: Handle): Extent[];
+}
+
+export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';
+
+/** One entry of a directory listing (a tree). Names are raw bytes: any bytes except '/' and NUL. */
+export interface TreeEntry {
+  name: Buffer;
+  type: EntryType;
+  /** Permission bits including setuid/setgid/sticky (mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeNs: bigint;
+  atimeNs: bigint;
+  /** Logical size for files (sparse files count their holes); 0 otherwise. */
+  size: number;
+  /** file: object root (null when empty); dir: tree handle. */
+  content: Handle | null;
+  /** Symlink target, raw bytes. */
+  target?: Buffer;
+  /** Device number for chardev/blockdev. */
+  rdev?: number;
+  /** Extended attributes, sorted by name. */
+  xattrs?: Array<[string, Buffer]>;
+  /** Nonzero when hard-linked: entries of one snapshot sharing a group are one inode. */
+  linkGroup?: number;
+}
+
+export interface TreeWriter {
+  /** Stores a directory listing (entries in any order; stored sorted by name bytes) and returns its handle. */
+  writeTree(entries: TreeEntry[]): Handle;
+}
+
+export interface TreeReader {
+  /** Reads a directory listing, sorted by name bytes. */
+  readTree(handle: Handle): TreeEntry[];
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string | null;
+  parent: string | null;
+  /** Which source was imported (absolute host path), or null for the live tree. */
+  source: string | null;
+  /** Root tree handle (a directory) or, for a single-file import, the file's object root. */
+  root: Handle;
+  rootType: 'dir' | 'file';
+  createdMs: number;
+  logicalBytes: number;
+  fileCount: number;
+}
