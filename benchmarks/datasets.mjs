@@ -396,6 +396,22 @@ function buildImage() {
 
 // ---------------------------------------------------------------------------------------------
 
+// dedup-bench.mjs renames a version directory to benchmarks/work/stage/<dataset> while a tool backs it
+// up; if a run was killed there, put it back before looking at the datasets.
+const STAGE = path.join(WORK, 'stage');
+if (fs.existsSync(STAGE)) {
+  for (const n of fs.readdirSync(STAGE)) {
+    if (!n.endsWith('.origin')) continue;
+    const origin = fs.readFileSync(path.join(STAGE, n), 'utf8').trim();
+    const staged = path.join(STAGE, n.slice(0, -'.origin'.length));
+    if (fs.existsSync(staged) && !fs.existsSync(origin)) {
+      log(`putting ${staged} back to ${origin} (left over from an interrupted run)`);
+      fs.renameSync(staged, origin);
+    }
+    fs.rmSync(path.join(STAGE, n));
+  }
+}
+
 fs.mkdirSync(DATASETS, { recursive: true });
 const manifest = { builtBy: 'benchmarks/datasets.mjs', datasets: [buildSrc(), buildImage()] };
 fs.writeFileSync(path.join(DATASETS, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');

@@ -14,6 +14,7 @@
 //   BENCH_TIMEOUT   seconds one backup command may take before it is killed (default 1200)
 //   BENCH_WORK      work directory (default benchmarks/work)
 //   BENCH_STRATA_BIN  the Strata CLI script, run with node (default bin/strata)
+//   BENCH_RESULTS   where latest.md and latest.json go (default benchmarks/results)
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -27,7 +28,8 @@ const WORK = path.resolve(process.env.BENCH_WORK ?? path.join(ROOT, 'benchmarks'
 const REPOS = path.join(WORK, 'repos');
 const HOMES = path.join(WORK, 'home');
 const LOGS = path.join(WORK, 'logs');
-const RESULTS = path.join(ROOT, 'benchmarks', 'results');
+const STAGE = path.join(WORK, 'stage');
+const RESULTS = path.resolve(process.env.BENCH_RESULTS ?? path.join(ROOT, 'benchmarks', 'results'));
 const TIMEOUT = Number(process.env.BENCH_TIMEOUT ?? 1200);
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
 const BUDGET = Number(process.env.BENCH_BUDGET ?? 480);
@@ -39,6 +41,52 @@ function say(msg) {
 }
 
 class ToolError extends Error {}
+
+// Ctrl-C: let the running command die, put the staged dataset back (finally blocks), then exit.
+let interrupted = false;
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    interrupted = true;
+  });
+}
+function checkInterrupted() {
+  if (interrupted) throw new Error('interrupted');
+}
+
+/**
+ * Every version is backed up from the same path, benchmarks/work/stage/<dataset>, as a nightly backup
+ * of one directory (or one image file) would be: the version's directory is renamed there for the
+ * duration of the backup and renamed back afterwards. A marker file records where it came from, so an
+ * interrupted run is repaired by the next one (recoverStage).
+ */
+function withStaged(dataset, v, fn) {
+  const staged = path.join(STAGE, dataset.id);
+  const marker = `${staged}.origin`;
+  fs.mkdirSync(STAGE, { recursive: true });
+  if (fs.existsSync(staged)) throw new Error(`${staged} exists; remove it or rerun to recover`);
+  fs.writeFileSync(marker, v.dir);
+  fs.renameSync(v.dir, staged);
+  try {
+    return fn({ ...v, dir: staged });
+  } finally {
+    fs.renameSync(staged, v.dir);
+    fs.rmSync(marker);
+  }
+}
+
+function recoverStage() {
+  if (!fs.existsSync(STAGE)) return;
+  for (const n of fs.readdirSync(STAGE)) {
+    if (!n.endsWith('.origin')) continue;
+    const origin = fs.readFileSync(path.join(STAGE, n), 'utf8').trim();
+    const staged = path.join(STAGE, n.slice(0, -'.origin'.length));
+    if (fs.existsSync(staged) && !fs.existsSync(origin)) {
+      say(`putting ${staged} back to ${origin} (left over from an interrupted run)`);
+      fs.renameSync(staged, origin);
+    }
+    fs.rmSync(path.join(STAGE, n));
+  }
+}
 
 function rmrf(p) {
   fs.rmSync(p, { recursive: true, force: true });
@@ -77,6 +125,12 @@ function warm(paths) {
 
 let logFile = null;
 
+const median = (xs) => {
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
+};
+
 /**
  * Runs a command under GNU time (peak RSS) and coreutils timeout; measures wall time here.
  * Returns { status, stdout, stderr, seconds, rssKiB }. Output goes to the current log file.
@@ -91,6 +145,7 @@ function exec(cmd, args, { cwd = ROOT, env = {}, timeout = TIMEOUT } = {}) {
     { cwd, env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 512 * 1024 * 1024 },
   );
   const seconds = (performance.now() - t0) / 1000;
+  checkInterrupted();
   if (r.error) throw new ToolError(`could not start ${cmd}: ${r.error.message}`);
   let rssKiB = 0;
   try {
@@ -118,25 +173,30 @@ function must(r, what) {
   return r;
 }
 
-/** The last line of stdout that parses as a JSON object matching pred. */
+/**
+ * The last JSON object in stdout that matches pred: one-line JSON (restic prints one object per line)
+ * or pretty-printed JSON (borg, strata), possibly after other output lines.
+ */
 function lastJson(stdout, pred = () => true) {
-  const lines = stdout.trim().split('\n').reverse();
-  for (const l of lines) {
-    const s = l.trim();
-    if (!s.startsWith('{')) continue;
-    try {
-      const o = JSON.parse(s);
-      if (pred(o)) return o;
-    } catch {
-      /* not JSON */
-    }
+  const text = stdout.trimEnd();
+  const starts = [];
+  for (let i = 0; i < text.length; i = text.indexOf('\n', i) + 1 || text.length) {
+    if (text[i] === '{') starts.push(i);
   }
-  // borg prints one pretty-printed object
-  try {
-    const o = JSON.parse(stdout);
-    if (pred(o)) return o;
-  } catch {
-    /* fall through */
+  for (const start of starts.reverse()) {
+    // the object starting here ends at the end of some later line; try the candidate line ends
+    let end = text.indexOf('\n', start);
+    for (;;) {
+      const slice = end < 0 ? text.slice(start) : text.slice(start, end);
+      try {
+        const o = JSON.parse(slice);
+        if (o && typeof o === 'object' && pred(o)) return o;
+        break;
+      } catch {
+        if (end < 0) break;
+        end = text.indexOf('\n', end + 1);
+      }
+    }
   }
   return null;
 }
@@ -191,6 +251,7 @@ function borgTool(id, compression) {
       if (!s) throw new ToolError(`borg create ${v.name}: no JSON stats on stdout`);
       return { r, newBytes: s.deduplicated_size, readBytes: s.original_size, files: s.nfiles };
     },
+    probe: (ctx) => exec('borg', ['list'], { env: borgEnv(ctx) }),
     stats(ctx) {
       const r = must(exec('borg', ['info', '--json'], { env: borgEnv(ctx) }), 'borg info');
       const s = lastJson(r.stdout, (o) => o.cache)?.cache?.stats ?? {};
@@ -224,6 +285,7 @@ const TOOLS = {
       if (s.files_unmodified) say(`warning: restic skipped ${s.files_unmodified} unmodified files in ${v.name}`);
       return { r, newBytes: s.data_added, readBytes: s.total_bytes_processed, files: s.total_files_processed };
     },
+    probe: (ctx) => exec('restic', ['cat', 'config'], { env: resticEnv(ctx) }),
     stats(ctx, versions) {
       const r = must(exec('restic', ['stats', '--mode', 'raw-data', '--json'], { env: resticEnv(ctx) }), 'restic stats');
       const s = lastJson(r.stdout) ?? {};
@@ -250,6 +312,7 @@ const TOOLS = {
       }
       const git = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
       if (git.status === 0) v += ` (git ${git.stdout.trim()})`;
+      if (STRATA_BIN !== path.join(ROOT, 'bin', 'strata')) v += ` [CLI: ${STRATA_BIN}]`;
       return v;
     },
     init(ctx) {
@@ -265,6 +328,7 @@ const TOOLS = {
       if (!s) throw new ToolError(`strata import ${v.name}: no JSON object on stdout`);
       return { r, newBytes: s.storedBytes, readBytes: s.logicalBytes, files: s.files, selfSeconds: s.seconds, id: s.id };
     },
+    probe: (ctx) => exec(process.execPath, [STRATA_BIN, 'stats', '--store', ctx.repo, '--json']),
     stats(ctx) {
       const r = must(exec(process.execPath, [STRATA_BIN, 'stats', '--store', ctx.repo, '--json']), 'strata stats');
       const s = lastJson(r.stdout) ?? {};
@@ -294,7 +358,7 @@ function runOne(tool, dataset, round) {
     warm(dataset.versions.map((v) => path.resolve(v.dir, v.target)));
     tool.init(ctx);
     for (const v of dataset.versions) {
-      const b = tool.backup(ctx, v);
+      const b = withStaged(dataset, v, (staged) => tool.backup(ctx, staged));
       const { r, ...info } = b;
       result.versions.push({ name: v.name, logicalBytes: v.logicalBytes, seconds: r.seconds, peakRssKiB: r.rssKiB, ...info });
       if (info.readBytes !== undefined && Math.abs(info.readBytes - v.logicalBytes) > 0.01 * v.logicalBytes) {
@@ -309,6 +373,9 @@ function runOne(tool, dataset, round) {
     result.dedupRatio = logical / result.storedBytes;
     result.peakRssBytes = Math.max(...result.versions.map((v) => v.peakRssKiB)) * 1024;
     result.toolStats = tool.stats(ctx, result.versions);
+    // Fixed cost of one command on this repository (start-up, key derivation, index loading), the median
+    // of 3 runs of a trivial command: restic cat config, borg list, strata stats.
+    result.startupSeconds = median([1, 2, 3].map(() => must(tool.probe(ctx), `${tool.id} start-up probe`).seconds));
   } catch (e) {
     if (!(e instanceof ToolError)) throw e;
     result.status = 'failed';
@@ -339,27 +406,32 @@ function markdown(report) {
       `(${d.versions.map((v) => `${v.name}=${v.label.replace('generation ', 'gen ')}`).join(', ')})`);
   }
   L.push('');
-  L.push('| dataset | tool | ingest s | ingest MB/s | time vs restic | stored MB | dedup ratio | peak RSS MB |');
-  L.push('|---|---|--:|--:|--:|--:|--:|--:|');
+  L.push('| dataset | tool | ingest s | ingest MB/s | time vs restic | stored MB | dedup ratio | peak RSS MB | start-up s | MB/s net of start-up |');
+  L.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|');
   for (const d of report.datasets) {
     const restic = report.results.find((r) => r.dataset === d.id && r.tool === 'restic' && r.status === 'ok');
     for (const r of report.results.filter((x) => x.dataset === d.id)) {
       if (r.status === 'skipped') {
-        L.push(`| ${d.id} | ${r.label} | skipped: ${r.reason} | | | | | |`);
+        L.push(`| ${d.id} | ${r.label} | skipped: ${r.reason} | | | | | | | |`);
       } else if (r.status !== 'ok') {
-        L.push(`| ${d.id} | ${r.label} | **failed** (see benchmarks/work/logs/${d.id}-${r.tool}.log) | | | | | |`);
+        const why = String(r.error ?? '').split('\n')[0];
+        L.push(`| ${d.id} | ${r.label} | **failed**: ${why} (log: benchmarks/work/logs/${d.id}-${r.tool}.log) | | | | | | | |`);
       } else {
         L.push(`| ${d.id} | ${r.label} | ${f1(r.ingestSeconds)} | ${f1(r.ingestMBps)} | ` +
           `${restic ? f2(r.ingestSeconds / restic.ingestSeconds) + '×' : 'n/a'} | ${mb(r.storedBytes)} | ` +
-          `${f2(r.dedupRatio)} | ${f1(r.peakRssBytes / MB)} |`);
+          `${f2(r.dedupRatio)} | ${f1(r.peakRssBytes / MB)} | ${f2(r.startupSeconds)} | ${f1(r.netMBps)} |`);
       }
     }
   }
   L.push('');
-  L.push('MB = 10^6 bytes. Ingest = wall time of the backup commands summed over all versions (init and stats excluded); ' +
-    'median over the rounds; MB/s = logical MB / ingest s; time vs restic < 1 is faster. Stored = bytes of all files in the repository ' +
-    'directory at the end; dedup ratio = logical bytes of all versions / stored bytes (deduplication and compression ' +
-    'together). Peak RSS = max over the backup commands (GNU time %M).');
+  L.push(`MB = 10^6 bytes. Every tool backed up every version into a fresh repository of its own, ${report.rounds} ` +
+    'round(s) round-robin; ingest s and stored MB are medians over the rounds. Ingest s = wall time of the backup ' +
+    'commands summed over all versions (init and stats excluded, process start-up included); ingest MB/s = logical ' +
+    'MB / ingest s; time vs restic < 1 means faster than restic. Stored MB = all files in the repository directory ' +
+    'at the end; dedup ratio = logical bytes of all versions / stored bytes (deduplication and compression together). ' +
+    'Peak RSS = max over the backup commands (GNU time %M). Start-up s = fixed cost of one command on the final ' +
+    'repository (median of 3 runs of restic cat config / borg list / strata stats: process start, key derivation, ' +
+    'index loading), paid once per version; MB/s net of start-up = logical MB / (ingest s − versions × start-up s).');
   L.push('');
   L.push('Targets (issue): Strata dedup ratio ≥ restic\'s and borg\'s on both datasets; Strata ingest MB/s ≥ restic\'s.');
   L.push('');
@@ -376,16 +448,21 @@ function markdown(report) {
     const speedOk = restic?.status === 'ok' ? s.ingestMBps >= restic.ingestMBps : undefined;
     L.push(`- ${d.id}: dedup ${f2(s.dedupRatio)} vs ${peers.map((p) => `${p.tool} ${f2(p.dedupRatio)}`).join(', ')} → ` +
       `${dedupOk ? 'met' : '**not met**'}; ingest ${f1(s.ingestMBps)} MB/s vs restic ` +
-      `${restic?.status === 'ok' ? f1(restic.ingestMBps) : 'n/a'} → ${speedOk === undefined ? 'n/a' : speedOk ? 'met' : '**not met**'}`);
+      `${restic?.status === 'ok' ? f1(restic.ingestMBps) : 'n/a'} → ${speedOk === undefined ? 'n/a' : speedOk ? 'met' : '**not met**'}` +
+      (restic?.status === 'ok' ? ` (net of start-up: ${f1(s.netMBps)} vs ${f1(restic.netMBps)} MB/s)` : ''));
   }
   L.push('');
   L.push('<details><summary>Tool-reported figures and new data per version</summary>');
   L.push('');
-  L.push('| dataset | tool | unique data, uncompressed MB | unique data, compressed MB | repository on disk MB | new MB per version (tool-reported) |');
-  L.push('|---|---|--:|--:|--:|---|');
+  L.push('Last round\'s repository; "new MB per version" is what each backup reported adding (restic: before ' +
+    'compression; borg and Strata: compressed). Ingest s and stored MB per round show the spread behind the medians.');
+  L.push('');
+  L.push('| dataset | tool | unique data, uncompressed MB | unique data, compressed MB | new MB per version | ingest s per round | stored MB per round |');
+  L.push('|---|---|--:|--:|---|---|---|');
   for (const r of report.results.filter((x) => x.status === 'ok')) {
     L.push(`| ${r.dataset} | ${r.label} | ${mb(r.toolStats?.uniqueBytes)} | ${mb(r.toolStats?.uniqueStoredBytes)} | ` +
-      `${mb(r.storedBytes)} | ${r.versions.map((v) => mb(v.newBytes)).join(', ')} |`);
+      `${r.versions.map((v) => mb(v.newBytes)).join(', ')} | ${r.ingestSecondsAll.map(f1).join(', ')} | ` +
+      `${r.storedBytesAll.map(mb).join(', ')} |`);
   }
   L.push('');
   L.push('</details>');
@@ -406,6 +483,7 @@ for (const t of wantTools) if (!TOOLS[t]) { say(`unknown tool '${t}' in BENCH_TO
 const datasets = manifest.datasets.filter((d) => !wantData || wantData.includes(d.id));
 if (!datasets.length) { say(`no dataset selected (BENCH_DATASETS=${process.env.BENCH_DATASETS})`); process.exit(2); }
 for (const d of datasets) d.logicalBytes = d.versions.reduce((s, v) => s + v.logicalBytes, 0);
+recoverStage();
 fs.mkdirSync(LOGS, { recursive: true });
 
 const skip = {};
@@ -420,31 +498,32 @@ for (const t of wantTools) {
 const runsByKey = new Map(); // `${dataset}/${tool}` -> [run results]
 const started = performance.now();
 let rounds = 0;
-for (let rep = 1; rep <= REPEAT; rep++) {
-  if (rep > 1 && (performance.now() - started) / 1000 > BUDGET) {
-    say(`time budget of ${BUDGET} s used up after ${rounds} round(s); not repeating further (BENCH_BUDGET)`);
-    break;
-  }
-  for (const d of datasets) {
-    for (const t of wantTools) {
-      if (skip[t]) continue;
-      const tool = TOOLS[t];
-      say(`[round ${rep}/${REPEAT}] ${tool.label} on ${d.id} (${d.versions.length} versions, ${mb(d.logicalBytes)} MB)`);
-      const key = `${d.id}/${t}`;
-      if (!runsByKey.has(key)) runsByKey.set(key, []);
-      runsByKey.get(key).push(runOne(tool, d, rep));
+try {
+  for (let rep = 1; rep <= REPEAT; rep++) {
+    if (rep > 1 && (performance.now() - started) / 1000 > BUDGET) {
+      say(`time budget of ${BUDGET} s used up after ${rounds} round(s); not repeating further (BENCH_BUDGET)`);
+      break;
     }
+    for (const d of datasets) {
+      for (const t of wantTools) {
+        if (skip[t]) continue;
+        const tool = TOOLS[t];
+        say(`[round ${rep}/${REPEAT}] ${tool.label} on ${d.id} (${d.versions.length} versions, ${mb(d.logicalBytes)} MB)`);
+        const key = `${d.id}/${t}`;
+        if (!runsByKey.has(key)) runsByKey.set(key, []);
+        if (runsByKey.get(key).some((r) => r.status !== 'ok')) continue; // failed before: do not retry
+        runsByKey.get(key).push(runOne(tool, d, rep));
+      }
+    }
+    rounds = rep;
   }
-  rounds = rep;
+} catch (e) {
+  if (!interrupted) throw e;
+  say('interrupted; the datasets are back in place, no results written');
+  process.exit(130);
 }
 
-const median = (xs) => {
-  const a = [...xs].sort((x, y) => x - y);
-  const m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
-};
-
-/** One row per dataset and tool: median ingest time over the rounds, sizes from the last run. */
+/** One row per dataset and tool: medians of ingest time and stored bytes over the rounds. */
 function aggregate(d, t) {
   const tool = TOOLS[t];
   const base = { dataset: d.id, tool: t, label: tool.label, logicalBytes: d.logicalBytes };
@@ -454,10 +533,8 @@ function aggregate(d, t) {
   if (failed || !runs.length) return { ...base, status: 'failed', error: failed?.error ?? 'not run', runs };
   const last = runs[runs.length - 1];
   const stored = runs.map((r) => r.storedBytes);
-  if (Math.max(...stored) - Math.min(...stored) > 0.01 * Math.max(...stored)) {
-    say(`note: ${t} on ${d.id} stored different amounts across rounds: ${stored.join(', ')} bytes`);
-  }
   const ingestSeconds = median(runs.map((r) => r.ingestSeconds));
+  const storedBytes = median(stored);
   return {
     ...base,
     status: 'ok',
@@ -465,8 +542,15 @@ function aggregate(d, t) {
     ingestSeconds,
     ingestSecondsAll: runs.map((r) => r.ingestSeconds),
     ingestMBps: d.logicalBytes / MB / ingestSeconds,
-    storedBytes: last.storedBytes,
-    dedupRatio: d.logicalBytes / last.storedBytes,
+    // restic picks a random chunker polynomial per repository, so its stored size varies between rounds
+    storedBytes,
+    storedBytesAll: stored,
+    dedupRatio: d.logicalBytes / storedBytes,
+    startupSeconds: median(runs.map((r) => r.startupSeconds)),
+    // throughput with the per-command fixed cost taken out (versions x start-up)
+    netMBps: ((net) => (net > 0 ? d.logicalBytes / MB / net : NaN))(
+      ingestSeconds - d.versions.length * median(runs.map((r) => r.startupSeconds)),
+    ),
     peakRssBytes: Math.max(...runs.map((r) => r.peakRssBytes)),
     toolStats: last.toolStats,
     versions: last.versions,

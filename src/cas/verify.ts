@@ -117,7 +117,7 @@ export function affectedPaths(cas: CasStore, snapshots: SnapshotInfo[], bad: Set
         paths.push(path);
       }
     };
-    walk({ name: Buffer.alloc(0), type: s.rootType, content: s.root, mode: 0, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, size: 0 }, '');
+    walk({ name: Buffer.alloc(0), type: 'dir', content: s.root, mode: 0, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, size: 0 }, '');
     if (paths.length) out.push({ snapshot: s.id, name: s.name, paths });
   }
   return out;

@@ -51,22 +51,13 @@ function withStore<T>(ctx: Ctx, write: boolean, fn: (cas: CasStore, cat: Catalog
   }
 }
 
-/** A snapshot's root as a tree entry, so a directory root and a single-file root read alike. */
-function rootEntry(cas: CasStore, s: SnapshotInfo): TreeEntry {
-  const name = Buffer.from(s.source ? path.basename(s.source) : s.id);
-  if (s.rootType === 'dir') {
-    return { name, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: BigInt(s.createdMs) * 1_000_000n, atimeNs: 0n, size: 0, content: s.root };
-  }
-  return { name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeNs: BigInt(s.createdMs) * 1_000_000n, atimeNs: 0n, size: cas.objects.objectSize(s.root), content: s.root };
-}
-
 /** Parses SNAP or SNAP:PATH. */
 function resolveSpec(cas: CasStore, cat: Catalogue, spec: string): { snap: SnapshotInfo; entry: TreeEntry; rel: Buffer } {
   const i = spec.indexOf(':');
   const ref = i < 0 ? spec : spec.slice(0, i);
   const rel = Buffer.from(i < 0 ? '' : spec.slice(i + 1).replace(/^\/+|\/+$/g, ''));
   const snap = cat.get(ref);
-  const root = rootEntry(cas, snap);
+  const root = cat.rootEntry(snap);
   const entry = rel.length ? lookupPath(cas.objects, root, rel) : root;
   return { snap, entry, rel };
 }
@@ -92,10 +83,12 @@ const commands: Record<string, (ctx: Ctx) => void> = {
       const parent = ctx.values.parent ? cat.get(ctx.values.parent as string) : cat.latestBySource(source) ?? null;
       if (ctx.values.name) cat.checkNewName(ctx.values.name as string); // fail before the work, not after
       const progress = new Progress();
+      const previousOf = (e: TreeEntry) =>
+        e.content && (e.type === 'dir' || e.type === 'file') ? { trees: cas.objects, root: e.content, rootType: e.type } : null;
       const res = importHostPath(source, {
         objects: cas.objects,
         trees: cas.objects,
-        previous: parent ? { trees: cas.objects, root: parent.root, rootType: parent.rootType } : null,
+        previous: parent ? previousOf(cat.rootEntry(parent)) : null,
       }, {
         chunking: chunkingOpt === 'fixed' ? Chunking.Fixed : chunkingOpt === 'cdc' ? Chunking.Cdc : undefined,
         onProgress: (p) => progress.update(`importing: ${p.files} files, ${formatBytes(p.bytes)}  ${displayPath(Buffer.from(p.path))}`.slice(0, 160)),
@@ -105,8 +98,7 @@ const commands: Record<string, (ctx: Ctx) => void> = {
         name: (ctx.values.name as string | undefined) ?? null,
         parent: parent?.id ?? null,
         source,
-        root: res.root,
-        rootType: res.rootType,
+        entry: res.rootEntry,
         logicalBytes: res.logicalBytes,
         fileCount: res.fileCount,
       });

@@ -62,7 +62,7 @@ const HAVE_O_PATH = process.platform === 'linux';
  * returns the root handle; throws invalid(...) for an empty single file or another kind of node,
  * and a StrataError naming the host path (ENOENT if it vanished, EIO otherwise) when the host fails.
  */
-export function importHostPath(hostPath: string, deps: ImportDeps, opts: ImportOptions = {}): ImportResult {
+export function importHostPath(hostPath: string | Buffer, deps: ImportDeps, opts: ImportOptions = {}): ImportResult {
   let top: Buffer;
   try {
     top = fs.realpathSync(Buffer.from(hostPath), { encoding: 'buffer' });
@@ -143,7 +143,7 @@ class Importer {
     try {
       names = fs.readdirSync(path, { encoding: 'buffer' });
     } catch (e) {
-      throw hostError(e, 'list directory', path);
+      throw walkError(e, 'list directory', path);
     }
     names.sort(Buffer.compare);
 
@@ -176,7 +176,7 @@ class Importer {
       try {
         target = fs.readlinkSync(path, { encoding: 'buffer' });
       } catch (e) {
-        throw hostError(e, 'read symlink', path);
+        throw walkError(e, 'read symlink', path);
       }
       return withOptional(baseEntry(name, 'symlink', st), { target });
     }
@@ -230,7 +230,7 @@ class Importer {
           try {
             n = fs.readSync(fd, buf, 0, buf.length, pos);
           } catch (e) {
-            throw hostError(e, 'read', path);
+            throw walkError(e, 'read', path);
           }
           if (pos + n > this.bytesInFile) this.bytesInFile = pos + n;
           this.report(false);
@@ -317,7 +317,7 @@ export function readXattrs(fd: number, path: Buffer): Array<[string, Buffer]> | 
     names = xattr.listAttributesSync(procPath);
   } catch (e) {
     if (isUnsupported(e)) return undefined;
-    throw hostError(e, 'list xattrs of', path);
+    throw walkError(e, 'list xattrs of', path);
   }
   const out: Array<[string, Buffer]> = [];
   for (const name of names) {
@@ -326,7 +326,7 @@ export function readXattrs(fd: number, path: Buffer): Array<[string, Buffer]> | 
     } catch (e) {
       // Removed between list and get: the attribute no longer exists, which is what we record.
       if ((e as NodeJS.ErrnoException).code === 'ENODATA') continue;
-      throw hostError(e, `read xattr ${name} of`, path);
+      throw walkError(e, `read xattr ${name} of`, path);
     }
   }
   if (out.length === 0) return undefined;
@@ -362,7 +362,7 @@ function openError(e: unknown, path: Buffer): StrataError {
   const code = (e as NodeJS.ErrnoException).code;
   // O_NOFOLLOW/O_DIRECTORY failing means the node was replaced after we looked at it.
   if (code === 'ELOOP' || code === 'ENOTDIR') return changedType(path, e);
-  return hostError(e, 'open', path);
+  return walkError(e, 'open', path);
 }
 
 const changedType = (path: Buffer, cause?: unknown) =>
@@ -372,7 +372,7 @@ function lstatOrThrow(path: Buffer): fs.BigIntStats {
   try {
     return fs.lstatSync(path, { bigint: true });
   } catch (e) {
-    throw hostError(e, 'stat', path);
+    throw walkError(e, 'stat', path);
   }
 }
 
@@ -380,7 +380,7 @@ function statOrThrow(path: Buffer): fs.BigIntStats {
   try {
     return fs.statSync(path, { bigint: true });
   } catch (e) {
-    throw hostError(e, 'stat', path);
+    throw walkError(e, 'stat', path);
   }
 }
 
@@ -388,20 +388,29 @@ function fstatOrThrow(fd: number, path: Buffer): fs.BigIntStats {
   try {
     return fs.fstatSync(fd, { bigint: true });
   } catch (e) {
-    throw hostError(e, 'stat', path);
+    throw walkError(e, 'stat', path);
   }
 }
 
-/** Translates a host errno into a StrataError naming the path: ENOENT when it vanished, EIO otherwise. */
-export function hostError(e: unknown, op: string, path: Buffer): StrataError {
+/**
+ * Translates a host error into a StrataError naming the path: code ENOENT for a missing path,
+ * EIO for anything else (the errno name stays in the message, the original error in `cause`).
+ */
+export function hostError(e: unknown, op: string, path: Buffer, missing = 'no such file or directory'): StrataError {
   if (e instanceof StrataError) return e;
   const err = e as NodeJS.ErrnoException;
-  const why = err?.code ?? (e instanceof Error ? e.message : String(e));
   if (err?.code === 'ENOENT') {
-    return new StrataError('ENOENT', `cannot ${op} ${displayName(path)}: it no longer exists (ENOENT)`, { cause: e });
+    return new StrataError('ENOENT', `cannot ${op} ${displayName(path)}: ${missing} (ENOENT)`, { cause: e });
   }
+  const text = e instanceof Error ? e.message : String(e);
+  // Node's messages read "EACCES: permission denied, open '<path>'"; keep the words, drop its mangled path.
+  const words = /^[A-Z0-9_]+: ([^,]+)/.exec(text)?.[1] ?? text;
+  const why = err?.code ? `${words} (${err.code})` : text;
   return new StrataError('EIO', `cannot ${op} ${displayName(path)}: ${why}`, { cause: e });
 }
+
+/** hostError for the walk, where a missing path means it was removed while we were importing. */
+const walkError = (e: unknown, op: string, path: Buffer) => hostError(e, op, path, 'it vanished during the import');
 
 export function joinPath(dir: Buffer, name: Buffer): Buffer {
   if (dir.length > 0 && dir[dir.length - 1] === 0x2f) return Buffer.concat([dir, name]);

@@ -4,7 +4,7 @@ import type { SnapshotRow } from '../cas/index-db.js';
 import { releaseRefs, type ReleaseResult } from '../cas/release.js';
 import type { CasStore } from '../cas/store.js';
 import { invalid, notFound, StrataError } from '../errors.js';
-import { ChunkKind, type Handle, type SnapshotInfo } from '../types.js';
+import { ChunkKind, type Handle, type SnapshotInfo, type TreeEntry } from '../types.js';
 
 // Snapshots and the temporal tree. Each snapshot is also written as a record chunk into a
 // container before its row commits, so `index rebuild` can recover the catalogue from containers.
@@ -27,8 +27,8 @@ export interface NewSnapshot {
   name?: string | null;
   parent?: string | null;
   source?: string | null;
-  root: Handle;
-  rootType: 'dir' | 'file';
+  /** What the snapshot holds: a directory or a single file, with its own metadata. */
+  entry: TreeEntry;
   logicalBytes: number;
   fileCount: number;
   createdMs?: number;
@@ -37,6 +37,7 @@ export interface NewSnapshot {
 export interface RemoveResult {
   removed: SnapshotInfo;
   reparented: string[];
+  /** The snapshot's data that no other snapshot shared (catalogue records not counted). */
   freed: ReleaseResult;
 }
 
@@ -104,13 +105,16 @@ export class Catalogue {
   create(s: NewSnapshot): SnapshotInfo {
     if (s.name != null) this.checkNewName(s.name);
     if (s.parent) this.get(s.parent);
+    if (s.entry.type !== 'dir' && s.entry.type !== 'file') throw invalid(`a snapshot holds a directory or a file, not a ${s.entry.type}`);
+    const name = s.entry.name.length ? s.entry.name : Buffer.from('root');
     const info: SnapshotInfo = {
       id: crypto.randomBytes(4).toString('hex'),
       name: s.name ?? null,
       parent: s.parent ?? null,
       source: s.source ?? null,
-      root: s.root,
-      rootType: s.rootType,
+      // The root is a one-entry tree holding the imported entry, so its own metadata is kept.
+      root: this.cas.objects.writeTree([{ ...s.entry, name }]),
+      rootType: s.entry.type,
       createdMs: s.createdMs ?? Date.now(),
       logicalBytes: s.logicalBytes,
       fileCount: s.fileCount,
@@ -141,10 +145,15 @@ export class Catalogue {
         db.prepare('UPDATE snapshots SET parent = ?, record = ?, seq = ? WHERE id = ?').run(r.moved.parent, r.record, r.seq, r.moved.id);
       }
       db.prepare('DELETE FROM snapshots WHERE id = ?').run(s.id);
-      const released = [s.root, ...(row.record ? [row.record] : []), ...rewritten.flatMap((r) => (r.old ? [r.old] : []))];
-      freed = releaseRefs(this.cas, released);
+      freed = releaseRefs(this.cas, [s.root]);
+      releaseRefs(this.cas, [...(row.record ? [row.record] : []), ...rewritten.flatMap((r) => (r.old ? [r.old] : []))]);
     });
     return { removed: s, reparented: kids.map((k) => k.id), freed };
+  }
+
+  /** The entry a snapshot holds (its directory or file, with metadata). */
+  rootEntry(s: SnapshotInfo): TreeEntry {
+    return this.cas.objects.readTree(s.root)[0];
   }
 
   /** Handles of the current catalogue records of all snapshots (kept alive by gc). */
