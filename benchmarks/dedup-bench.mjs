@@ -42,22 +42,11 @@ function say(msg) {
 
 class ToolError extends Error {}
 
-// Ctrl-C: let the running command die, put the staged dataset back (finally blocks), then exit.
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => {
-    interrupted = true;
-  });
-}
-function checkInterrupted() {
-  if (interrupted) throw new Error('interrupted');
-}
-
 /**
  * Every version is backed up from the same path, benchmarks/work/stage/<dataset>, as a nightly backup
  * of one directory (or one image file) would be: the version's directory is renamed there for the
- * duration of the backup and renamed back afterwards. A marker file records where it came from, so an
- * interrupted run is repaired by the next one (recoverStage).
+ * duration of the backup and renamed back afterwards. A marker file records where it came from, so a run
+ * killed meanwhile (Ctrl-C) is repaired by the next one (recoverStage here and in datasets.mjs).
  */
 function withStaged(dataset, v, fn) {
   const staged = path.join(STAGE, dataset.id);
@@ -145,7 +134,6 @@ function exec(cmd, args, { cwd = ROOT, env = {}, timeout = TIMEOUT } = {}) {
     { cwd, env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 512 * 1024 * 1024 },
   );
   const seconds = (performance.now() - t0) / 1000;
-  checkInterrupted();
   if (r.error) throw new ToolError(`could not start ${cmd}: ${r.error.message}`);
   let rssKiB = 0;
   try {
@@ -498,29 +486,23 @@ for (const t of wantTools) {
 const runsByKey = new Map(); // `${dataset}/${tool}` -> [run results]
 const started = performance.now();
 let rounds = 0;
-try {
-  for (let rep = 1; rep <= REPEAT; rep++) {
-    if (rep > 1 && (performance.now() - started) / 1000 > BUDGET) {
-      say(`time budget of ${BUDGET} s used up after ${rounds} round(s); not repeating further (BENCH_BUDGET)`);
-      break;
-    }
-    for (const d of datasets) {
-      for (const t of wantTools) {
-        if (skip[t]) continue;
-        const tool = TOOLS[t];
-        say(`[round ${rep}/${REPEAT}] ${tool.label} on ${d.id} (${d.versions.length} versions, ${mb(d.logicalBytes)} MB)`);
-        const key = `${d.id}/${t}`;
-        if (!runsByKey.has(key)) runsByKey.set(key, []);
-        if (runsByKey.get(key).some((r) => r.status !== 'ok')) continue; // failed before: do not retry
-        runsByKey.get(key).push(runOne(tool, d, rep));
-      }
-    }
-    rounds = rep;
+for (let rep = 1; rep <= REPEAT; rep++) {
+  if (rep > 1 && (performance.now() - started) / 1000 > BUDGET) {
+    say(`time budget of ${BUDGET} s used up after ${rounds} round(s); not repeating further (BENCH_BUDGET)`);
+    break;
   }
-} catch (e) {
-  if (!interrupted) throw e;
-  say('interrupted; the datasets are back in place, no results written');
-  process.exit(130);
+  for (const d of datasets) {
+    for (const t of wantTools) {
+      if (skip[t]) continue;
+      const tool = TOOLS[t];
+      const key = `${d.id}/${t}`;
+      if (!runsByKey.has(key)) runsByKey.set(key, []);
+      if (runsByKey.get(key).some((r) => r.status !== 'ok')) continue; // failed before: do not retry
+      say(`[round ${rep}/${REPEAT}] ${tool.label} on ${d.id} (${d.versions.length} versions, ${mb(d.logicalBytes)} MB)`);
+      runsByKey.get(key).push(runOne(tool, d, rep));
+    }
+  }
+  rounds = rep;
 }
 
 /** One row per dataset and tool: medians of ingest time and stored bytes over the rounds. */
@@ -588,5 +570,5 @@ fs.mkdirSync(RESULTS, { recursive: true });
 fs.writeFileSync(path.join(RESULTS, 'latest.md'), md);
 fs.writeFileSync(path.join(RESULTS, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
 process.stdout.write('\n' + md);
-say(`done in ${(report.benchSeconds / 60).toFixed(1)} min; wrote benchmarks/results/latest.md and latest.json`);
+say(`done in ${(report.benchSeconds / 60).toFixed(1)} min; wrote ${path.relative(ROOT, RESULTS) || '.'}/latest.md and latest.json`);
 process.exit(results.some((r) => r.status === 'failed') ? 1 : 0);

@@ -148,23 +148,39 @@ test('rm re-parents children; gc keeps everything referenced and frees the rest'
   t.true(strataJson(store, 'verify').ok);
 });
 
+/** Total bytes of all containers of a store. */
+function containerBytes(store: string): number {
+  let n = 0;
+  const root = path.join(store, 'containers');
+  for (const d of fs.readdirSync(root)) {
+    const p = path.join(root, d);
+    if (fs.statSync(p).isDirectory()) for (const f of fs.readdirSync(p)) n += fs.statSync(path.join(p, f)).size;
+  }
+  return n;
+}
+
 test('kill -9 of an import leaves a store that verifies, the snapshot absent or complete', async (t) => {
   const { base, store } = newStore(t);
   const src = path.join(base, 'src');
   fs.mkdirSync(src);
-  for (let i = 0; i < 12; i++) fs.writeFileSync(path.join(src, `f${i}`), pseudoRandomBytes(8 << 20, 100 + i));
-  const expected = snapshotHostTree(src);
   let complete = 0;
   let absent = 0;
-  for (let trial = 0; trial < 5; trial++) {
+  for (let trial = 0; trial < 6; trial++) {
+    // Fresh data each trial, so every import has real work to be interrupted in.
+    for (let i = 0; i < 10; i++) fs.writeFileSync(path.join(src, `f${i}`), pseudoRandomBytes(8 << 20, 1000 * trial + i));
+    const expected = snapshotHostTree(src);
+    const start = containerBytes(store);
     const child = strataSpawn(store, 'import', src, '--name', `k${trial}`);
-    const exited = new Promise((r) => child.on('exit', r));
-    const delay = 150 + trial * 250;
-    await new Promise((r) => setTimeout(r, delay));
+    let exitedEarly = false;
+    const exited = new Promise((r) => child.on('exit', () => { exitedEarly = true; r(undefined); }));
+    // Kill once the import has written a trial-dependent share of its 80 MiB: before and after
+    // its first intermediate index commit (every 64 MiB).
+    const target = start + (trial + 1) * 12 * (1 << 20);
+    while (!exitedEarly && containerBytes(store) < target) await new Promise((r) => setTimeout(r, 2));
     child.kill('SIGKILL');
     await exited;
     const v = strataJson(store, 'verify');
-    t.true(v.ok, `trial ${trial}: verify after kill at ${delay} ms: ${JSON.stringify(v.bad)}`);
+    t.true(v.ok, `trial ${trial}: verify after kill: ${JSON.stringify(v.bad)} ${JSON.stringify(v.missing)}`);
     const names = strataJson<{ name: string }[]>(store, 'log').map((s) => s.name);
     if (names.includes(`k${trial}`)) {
       complete++;
@@ -174,9 +190,13 @@ test('kill -9 of an import leaves a store that verifies, the snapshot absent or 
     } else absent++;
   }
   t.log(`${complete} complete, ${absent} absent`);
+  t.true(absent >= 3, 'most kills landed inside an import');
   // Leftovers of killed imports are garbage: gc removes them and everything still verifies.
-  strataJson(store, 'gc');
+  const gc = strataJson(store, 'gc');
+  t.true(absent === 0 || gc.reclaimedBytes > 0, 'gc reclaimed the space of interrupted imports');
+  t.true(gc.swept > 0, 'index rows committed by killed imports were swept');
   t.true(strataJson(store, 'verify').ok);
+  t.is(strata(store, 'import', src, '--name', 'after').code, 0, 'the store accepts new imports after kills');
 });
 
 test('a flipped byte in a container is detected, naming the snapshot and path, never returning wrong bytes', (t) => {

@@ -94,10 +94,11 @@ export function collectGarbage(cas: CasStore, snapshots: SnapshotInfo[], records
   });
   opts.onProgress?.({ phase: 'sweep', done: garbage.length, total: garbage.length });
 
-  // Compact: rewrite containers that are mostly dead; drop empty ones.
+  // Compact: rewrite containers that are mostly dead; drop empty ones (including containers a
+  // killed process wrote but never indexed: nothing names their bytes).
   const candidates = db
     .prepare(`SELECT id, live_bytes AS live, dead_bytes AS dead FROM containers
-              WHERE sealed != 2 AND dead_bytes > 0 AND live_bytes < ? * (live_bytes + dead_bytes)`)
+              WHERE sealed != 2 AND (live_bytes <= 0 OR (dead_bytes > 0 AND live_bytes < ? * (live_bytes + dead_bytes)))`)
     .all(opts.threshold) as { id: number; live: number; dead: number }[];
   const done: number[] = [];
   candidates.forEach((c, i) => {
