@@ -7,9 +7,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import Fuse from 'fuse-native';
-import { FUSE_MOUNT_DEFAULTS, applyMountOptions, mountOptionString } from '../src/fuse/mount-options.js';
+import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, mountOptionString } from '../src/fuse/mount-options.js';
 import type { WriteStats } from './fixtures/memfs-server.js';
 import { startFuseServer } from './helpers/fuse-harness.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'memfs-server.js');
 const MiB = 1024 * 1024;
@@ -26,15 +27,24 @@ async function writeFile(file: string, mib: number): Promise<void> {
   }
 }
 
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 async function readStats(mountpoint: string): Promise<WriteStats> {
   return JSON.parse(await fs.promises.readFile(path.join(mountpoint, '.stats'), 'utf8')) as WriteStats;
 }
 
 test('the option string fuse-native builds gets our options appended', (t) => {
   const fuse = new Fuse('/nonexistent-mountpoint', {}, { fsname: 'x', maxRead: 65536 });
-  t.is(mountOptionString(fuse), '-ofsname=x,max_read=65536');
+  t.is(mountOptionString(fuse), '-omax_read=65536,fsname=x');
   applyMountOptions(fuse);
-  t.is(mountOptionString(fuse), `-ofsname=x,max_read=65536,${FUSE_MOUNT_DEFAULTS.join(',')}`);
+  t.is(mountOptionString(fuse), `-omax_read=65536,fsname=x,${FUSE_MOUNT_DEFAULTS.join(',')}`);
+  // Applied twice, the later value of an option replaces the earlier one.
   applyMountOptions(fuse, ['max_read=131072']);
   t.is(mountOptionString(fuse), `-ofsname=x,${FUSE_MOUNT_DEFAULTS.join(',')},max_read=131072`);
   t.is(mountOptionString(applyMountOptions(new Fuse('/m', {}), [])), '');
@@ -77,8 +87,23 @@ test('big_writes alone already gives 128 KiB writes', async (t) => {
 });
 
 test('a server that cannot mount fails with its stderr and leaves nothing mounted', async (t) => {
-  const error = await t.throwsAsync(startFuseServer(t, SERVER, { args: ['--options=no_such_option'] }));
+  // libfuse's fuse_mount() accepts the unknown option and mounts; fuse_new() then rejects it and
+  // fuse-native reports failure with the kernel mount still in place, which the server removes.
+  const mountpoint = path.join(tmpDir(t), 'mnt');
+  const error = await t.throwsAsync(startFuseServer(t, SERVER, { mountpoint, args: ['--options=no_such_option'] }));
   t.regex(error?.message ?? '', /exited \(1\) before mounting[\s\S]*unknown option/);
+  t.false(isMounted(mountpoint));
+});
+
+test('teardown clears the dead mount of a server killed with SIGKILL', async (t) => {
+  const server = await startFuseServer(t, SERVER);
+  const gone = new Promise((resolve) => server.child.once('exit', resolve));
+  server.child.kill('SIGKILL');
+  await gone;
+  t.true(isMounted(server.mountpoint), 'a killed server leaves its mount behind');
+  await t.throwsAsync(fs.promises.stat(path.join(server.mountpoint, 'f')), { code: 'ENOTCONN' });
+  await server.stop();
+  t.false(isMounted(server.mountpoint));
 });
 
 test('dd through the mount and cat back', async (t) => {
@@ -92,6 +117,10 @@ test('dd through the mount and cat back', async (t) => {
   t.is((await run('cat', [file])).length, 4 * MiB);
   const stats = await readStats(server.mountpoint);
   t.deepEqual(stats.histogram, { 131072: 32 });
+  server.child.kill('SIGUSR1');
+  await waitFor(() => /^stats /m.test(server.stdout()));
+  const line = server.stdout().split('\n').find((l) => l.startsWith('stats '))!;
+  t.deepEqual(JSON.parse(line.slice('stats '.length)), stats);
   await fs.promises.unlink(file);
   t.false(fs.existsSync(file));
 });

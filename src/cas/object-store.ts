@@ -142,8 +142,9 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
     if (Buffer.isBuffer(source)) {
       for (const c of chunker.write(source)) take(c);
     } else {
+      // The chunker copies what it keeps, so one read buffer serves the whole object.
+      const buf = Buffer.allocUnsafe(READ_PIECE);
       for (let pos = 0; ;) {
-        const buf = Buffer.allocUnsafe(READ_PIECE);
         const n = source.read(buf, pos);
         if (n <= 0) break;
         pos += n;
