@@ -9,7 +9,7 @@
 //   BENCH_TOOLS     comma list of tools to run (default: restic,borg,borg-zstd3,strata)
 //   BENCH_DATASETS  comma list of datasets to run (default: all in the manifest: src,image)
 //   BENCH_REPEAT    rounds: every tool runs on every dataset this many times, round-robin, each time
-//                   into a fresh repository; the table shows the median ingest time (default 3)
+//                   into a fresh repository; the table shows medians over the rounds (default 3)
 //   BENCH_BUDGET    seconds after which no further round is started (default 480)
 //   BENCH_TIMEOUT   seconds one backup command may take before it is killed (default 1200)
 //   BENCH_WORK      work directory (default benchmarks/work)
@@ -155,8 +155,9 @@ function exec(cmd, args, { cwd = ROOT, env = {}, timeout = TIMEOUT } = {}) {
 function must(r, what) {
   if (r.status === 124 || r.status === 137) throw new ToolError(`${what}: timed out after ${TIMEOUT} s`);
   if (r.status !== 0) {
-    const tail = `${r.stderr}\n${r.stdout}`.trim().split('\n').slice(-6).join('\n');
-    throw new ToolError(`${what} exited with ${r.status}:\n${tail}`);
+    const lines = `${r.stdout}\n${r.stderr}`.trim().split('\n').filter((l) => l.trim());
+    const last = (r.stderr.trim().split('\n').filter((l) => l.trim()).pop() ?? lines.pop() ?? '').trim().slice(0, 200);
+    throw new ToolError(`${what} exited with ${r.status}: ${last.replace(/\|/g, '/')}\n${lines.slice(-8).join('\n')}`);
   }
   return r;
 }
@@ -314,13 +315,16 @@ const TOOLS = {
       );
       const s = lastJson(r.stdout, (o) => 'storedBytes' in o || 'logicalBytes' in o);
       if (!s) throw new ToolError(`strata import ${v.name}: no JSON object on stdout`);
-      return { r, newBytes: s.storedBytes, readBytes: s.logicalBytes, files: s.files, selfSeconds: s.seconds, id: s.id };
+      return {
+        r, newBytes: s.storedBytes, readBytes: s.logicalBytes, files: s.files, selfSeconds: s.seconds, id: s.id,
+        parent: s.parent, dedup: s.dedup,
+      };
     },
     probe: (ctx) => exec(process.execPath, [STRATA_BIN, 'stats', '--store', ctx.repo, '--json']),
     stats(ctx) {
       const r = must(exec(process.execPath, [STRATA_BIN, 'stats', '--store', ctx.repo, '--json']), 'strata stats');
       const s = lastJson(r.stdout) ?? {};
-      return { uniqueBytes: undefined, uniqueStoredBytes: s.storedBytes, raw: s };
+      return { uniqueBytes: s.uniqueDataBytes, uniqueStoredBytes: s.storedBytes, raw: s };
     },
   },
 };
@@ -397,7 +401,6 @@ function markdown(report) {
   L.push('| dataset | tool | ingest s | ingest MB/s | time vs restic | stored MB | dedup ratio | peak RSS MB | start-up s | MB/s net of start-up |');
   L.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|');
   for (const d of report.datasets) {
-    const restic = report.results.find((r) => r.dataset === d.id && r.tool === 'restic' && r.status === 'ok');
     for (const r of report.results.filter((x) => x.dataset === d.id)) {
       if (r.status === 'skipped') {
         L.push(`| ${d.id} | ${r.label} | skipped: ${r.reason} | | | | | | | |`);
@@ -406,7 +409,7 @@ function markdown(report) {
         L.push(`| ${d.id} | ${r.label} | **failed**: ${why} (log: benchmarks/work/logs/${d.id}-${r.tool}.log) | | | | | | | |`);
       } else {
         L.push(`| ${d.id} | ${r.label} | ${f1(r.ingestSeconds)} | ${f1(r.ingestMBps)} | ` +
-          `${restic ? f2(r.ingestSeconds / restic.ingestSeconds) + '×' : 'n/a'} | ${mb(r.storedBytes)} | ` +
+          `${r.timeVsRestic !== undefined ? f2(r.timeVsRestic) + '×' : 'n/a'} | ${mb(r.storedBytes)} | ` +
           `${f2(r.dedupRatio)} | ${f1(r.peakRssBytes / MB)} | ${f2(r.startupSeconds)} | ${f1(r.netMBps)} |`);
       }
     }
@@ -540,6 +543,10 @@ function aggregate(d, t) {
   };
 }
 const results = datasets.flatMap((d) => wantTools.map((t) => aggregate(d, t)));
+for (const r of results) {
+  const restic = results.find((x) => x.dataset === r.dataset && x.tool === 'restic' && x.status === 'ok');
+  if (r.status === 'ok' && restic) r.timeVsRestic = r.ingestSeconds / restic.ingestSeconds;
+}
 
 const report = {
   date: new Date().toISOString(),

@@ -9,6 +9,14 @@ export type ErrorCode =
   | 'ELOCKED' // another writer holds the store
   | 'ENOTDIR'
   | 'EISDIR'
+  | 'ENOTEMPTY'
+  | 'EROFS' // a read-only view
+  | 'ENAMETOOLONG'
+  | 'ENODATA' // no such extended attribute
+  | 'EPERM'
+  | 'EXDEV'
+  | 'EBADF'
+  | 'ENOSPC'
   | 'EIO';
 
 export class StrataError extends Error {

@@ -170,3 +170,71 @@ export interface SnapshotInfo {
   logicalBytes: number;
   fileCount: number;
 }
+
+/** File attributes as the filesystem layer reports them (times in milliseconds since the epoch). */
+export interface Attr {
+  ino: number;
+  /** Full st_mode: type bits and permission bits. */
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** 512-byte blocks allocated (approximate for deduplicated content). */
+  blocks: number;
+  rdev: number;
+  atimeMs: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export interface StatFs {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  namemax: number;
+}
+
+/**
+ * The namespace the FUSE layer translates to: one call per FUSE operation, paths as the kernel
+ * gives them (absolute, '/'-separated). Errors are StrataErrors whose code is the errno name.
+ * Methods may return a value or a Promise of it (long work such as flushing runs off the event loop).
+ */
+export interface Namespace {
+  getattr(path: string): Attr | Promise<Attr>;
+  readdir(path: string): string[] | Promise<string[]>;
+  readlink(path: string): string | Promise<string>;
+  /** Opens a file; returns a handle number. flags are open(2) flags. */
+  open(path: string, flags: number): number | Promise<number>;
+  create(path: string, mode: number, flags: number, uid: number, gid: number): number | Promise<number>;
+  read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
+  /** Copies `data` before any asynchronous step (FUSE reuses the buffer). Returns bytes written. */
+  write(fh: number, data: Buffer, offset: number): number | Promise<number>;
+  flush(fh: number): void | Promise<void>;
+  fsync(fh: number, datasync: boolean): void | Promise<void>;
+  release(fh: number): void | Promise<void>;
+  truncate(path: string, size: number): void | Promise<void>;
+  ftruncate(fh: number, size: number): void | Promise<void>;
+  unlink(path: string): void | Promise<void>;
+  rename(from: string, to: string): void | Promise<void>;
+  mkdir(path: string, mode: number, uid: number, gid: number): void | Promise<void>;
+  rmdir(path: string): void | Promise<void>;
+  symlink(target: string, path: string, uid: number, gid: number): void | Promise<void>;
+  link(existing: string, path: string): void | Promise<void>;
+  chmod(path: string, mode: number): void | Promise<void>;
+  chown(path: string, uid: number, gid: number): void | Promise<void>;
+  /** Times in milliseconds; undefined leaves that time as it is. */
+  utimens(path: string, atimeMs: number | undefined, mtimeMs: number | undefined): void | Promise<void>;
+  statfs(path: string): StatFs | Promise<StatFs>;
+  getxattr(path: string, name: string): Buffer | Promise<Buffer>;
+  setxattr(path: string, name: string, value: Buffer, flags: number): void | Promise<void>;
+  listxattr(path: string): string[] | Promise<string[]>;
+  removexattr(path: string, name: string): void | Promise<void>;
+  /** Entry/attribute cache lifetime in seconds the kernel may use for this path (long for views). */
+  cacheTimeout(path: string): number;
+}

@@ -317,6 +317,8 @@ import fsModule from 'node:fs';
 const require_fs = () => fsModule;
 
 export function main(argv: string[]): number {
+  // `strata cat ... | head` closes the pipe early: that is not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); throw e; });
   let parsed;
   try {
     parsed = parseArgs({
