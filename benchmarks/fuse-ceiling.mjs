@@ -140,26 +140,26 @@ if (!fs.existsSync(SERVER)) {
 }
 say(`${MIB} MiB per run, ${REPEAT} runs per variant; node ${process.version}, kernel ${os.release()}, ${os.cpus().length} cpus`);
 
-const results = [];
+// Round-robin, so drift in the machine's speed (a VM's neighbours) spreads over all variants.
+const runs = VARIANTS.map(() => []);
 try {
-  for (const variant of VARIANTS) {
-    const runs = [];
-    for (let i = 0; i < REPEAT; i++) {
+  for (let i = 0; i < REPEAT; i++) {
+    for (const [v, variant] of VARIANTS.entries()) {
       const r = await runOnce(variant);
       say(`${variant.name} #${i + 1}: write ${r.writeMBs.toFixed(0)} MB/s, read ${r.readMBs.toFixed(0)} MB/s`);
-      runs.push(r);
+      runs[v].push(r);
     }
-    results.push({
-      name: variant.name,
-      writeMBs: median(runs.map((r) => r.writeMBs)),
-      readMBs: median(runs.map((r) => r.readMBs)),
-      stats: runs.at(-1).stats,
-      runs: runs.map(({ writeMBs, readMBs }) => ({ writeMBs, readMBs })),
-    });
   }
 } finally {
   await cleanup();
 }
+const results = VARIANTS.map((variant, v) => ({
+  name: variant.name,
+  writeMBs: median(runs[v].map((r) => r.writeMBs)),
+  readMBs: median(runs[v].map((r) => r.readMBs)),
+  stats: runs[v].at(-1).stats,
+  runs: runs[v].map(({ writeMBs, readMBs }) => ({ writeMBs, readMBs })),
+}));
 
 const plain = results.find((r) => r.name === 'FUSE, fuse-native defaults');
 const rows = results.map((r) => [
@@ -171,8 +171,9 @@ const rows = results.map((r) => [
   r.stats ? String(r.stats.max) : '-',
   histogramText(r.stats),
   r.stats ? String(r.stats.reads.max) : '-',
+  r.runs.map((x) => x.writeMBs.toFixed(0)).join(' '),
 ]);
-const header = ['variant', 'write MB/s', 'vs plain', 'read MB/s', 'vs plain', 'max write', 'write sizes (bytes x requests)', 'max read'];
+const header = ['variant', 'write MB/s', 'vs plain', 'read MB/s', 'vs plain', 'max write', 'write sizes (bytes x requests)', 'max read', 'write MB/s, each run'];
 console.log(`\nFUSE ceiling: ${MIB} MiB sequential, dd bs=1M (write with conv=fsync), median of ${REPEAT}\n`);
 console.log(`| ${header.join(' | ')} |`);
 console.log(`|${header.map(() => '---').join('|')}|`);

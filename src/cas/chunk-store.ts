@@ -153,12 +153,12 @@ export class ChunkStore {
    * Makes all pending chunks durable: fsync the open container, then commit their index rows,
    * buffered reference changes and `extra` (e.g. a snapshot row) in one transaction.
    */
-  commit(extra?: () => void): void {
+  commit(extra?: () => void, durable = false): void {
     this.writer?.sync();
     const pending = [...this.pending.values()];
     const refs = [...this.pendingRefs.values()];
     const sealed = this.sealedSinceCommit.splice(0);
-    this.index.transaction(() => {
+    (durable ? this.index.durable.bind(this.index) : this.index.transaction.bind(this.index))(() => {
       for (const p of pending) this.index.insertChunk(p.handle, p.loc, 0);
       for (const r of refs) if (r.delta !== 0) this.index.addRefs(r.handle, r.delta);
       for (const id of sealed) this.index.markSealed(id);

@@ -85,14 +85,20 @@ const toLocation = (r: RawChunkRow): ChunkRow => ({
 export class IndexDb {
   readonly db: Database.Database;
   private readonly q;
+  private relaxed = false;
 
-  constructor(file: string, opts: { readonly?: boolean } = {}) {
+  /**
+   * relaxed: commits reach the OS at once (they survive a killed process) but are fsynced only by
+   * durable() — for the mount, where every metadata operation commits. Otherwise every commit is fsynced.
+   */
+  constructor(file: string, opts: { readonly?: boolean; relaxed?: boolean } = {}) {
     this.db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     this.db.pragma('busy_timeout = 10000');
     if (!opts.readonly) {
       this.db.pragma('journal_mode = WAL');
       // FULL: a committed transaction survives power loss, not just a killed process.
-      this.db.pragma('synchronous = FULL');
+      this.db.pragma(opts.relaxed ? 'synchronous = NORMAL' : 'synchronous = FULL');
+      this.relaxed = opts.relaxed ?? false;
       this.db.exec(SCHEMA);
     }
     const db = this.db;
@@ -117,6 +123,20 @@ export class IndexDb {
 
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
+  }
+
+  /** Runs a transaction whose commit is fsynced, and with it every earlier relaxed commit. */
+  durable<T>(fn: () => T): T {
+    if (!this.relaxed) return this.transaction(fn);
+    this.db.pragma('synchronous = FULL');
+    try {
+      return this.transaction(() => {
+        this.setMeta('last_durable_commit', String(Date.now())); // something to commit even when fn writes nothing
+        return fn();
+      });
+    } finally {
+      this.db.pragma('synchronous = NORMAL');
+    }
   }
 
   getChunk(handle: Handle): ChunkRow | undefined {

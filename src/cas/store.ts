@@ -19,6 +19,8 @@ export interface StoreConfig {
 export interface OpenOptions {
   /** Take the writer lock (import, rm, gc, rebuild). Readers need no lock. */
   write?: boolean;
+  /** Commits are fsynced only through index.durable() (the mount; see IndexDb). */
+  relaxed?: boolean;
 }
 
 const CONFIG = 'store.json';
@@ -32,10 +34,10 @@ export class CasStore {
   readonly objects: ObjectStore;
   private lockFd: number | null = null;
 
-  private constructor(readonly dir: string, readonly config: StoreConfig, readonly writable: boolean) {
+  private constructor(readonly dir: string, readonly config: StoreConfig, readonly writable: boolean, relaxed: boolean) {
     if (writable) this.lockFd = takeLock(path.join(dir, LOCK));
     try {
-      this.index = new IndexDb(path.join(dir, INDEX));
+      this.index = new IndexDb(path.join(dir, INDEX), { relaxed });
       this.blobs = new LocalBlobStore(path.join(dir, 'containers'));
       this.chunks = new ChunkStore(this.index, this.blobs, { ...DEFAULT_CHUNK_STORE_OPTIONS, containerSize: config.containerSize });
       this.objects = new ObjectStore(this.chunks, config.chunker);
@@ -71,7 +73,7 @@ export class CasStore {
       throw invalid(`cannot read ${path.join(dir, CONFIG)}: ${(e as Error).message}`);
     }
     if (config.format !== 1) throw invalid(`unsupported store format ${String(config.format)}`);
-    return new CasStore(dir, config, opts.write ?? false);
+    return new CasStore(dir, config, opts.write ?? false, opts.relaxed ?? false);
   }
 
   /** Commits and seals what is pending, then releases the lock. */

@@ -10,6 +10,7 @@ import { invalid, isStrataError, StrataError } from '../errors.js';
 import { importHostPath } from '../host/import-tree.js';
 import { lookupPath, restoreToHost } from '../host/restore-tree.js';
 import { Catalogue } from '../temporal/catalogue.js';
+import { storeStats } from '../temporal/store-stats.js';
 import { Chunking, type SnapshotInfo, type TreeEntry } from '../types.js';
 import { displayPath, formatBytes, isoTime, jsonPath, modeString, Progress, snapshotLabel } from './format.js';
 import { drawTemporalTree } from './log-draw.js';
@@ -203,35 +204,14 @@ const commands: Record<string, (ctx: Ctx) => void> = {
 
   stats(ctx) {
     withStore(ctx, false, (cas, cat) => {
-      const snaps = cat.list();
-      const db = cas.index.db;
-      const agg = db.prepare('SELECT count(*) AS n, coalesce(sum(raw),0) AS raw, coalesce(sum(stored),0) AS stored FROM chunks WHERE kind = 0').get() as { n: number; raw: number; stored: number };
-      const meta = db.prepare('SELECT count(*) AS n, coalesce(sum(stored),0) AS stored FROM chunks WHERE kind != 0').get() as { n: number; stored: number };
-      const cont = db.prepare('SELECT count(*) AS n, coalesce(sum(live_bytes),0) AS live, coalesce(sum(dead_bytes),0) AS dead FROM containers WHERE sealed != 2').get() as { n: number; live: number; dead: number };
-      let onDisk = 0;
-      for (const name of cas.blobs.list()) onDisk += cas.blobs.size(name);
-      const logical = snaps.reduce((s, x) => s + x.logicalBytes, 0);
-      const perSnapshot = snaps.map((s) => ({ id: s.id, name: s.name, logicalBytes: s.logicalBytes, uniqueBytes: cat.uniqueBytes(s).storedBytes }));
-      const result = {
-        snapshots: snaps.length,
-        logicalBytes: logical,
-        storedBytes: onDisk,
-        uniqueDataBytes: agg.raw,
-        dataChunks: agg.n,
-        metadataChunks: meta.n,
-        metadataBytes: meta.stored,
-        containers: cont.n,
-        liveBytes: cont.live,
-        deadBytes: cont.dead,
-        dedupRatio: onDisk ? logical / onDisk : 0,
-        compressionRatio: agg.stored ? agg.raw / agg.stored : 0,
-        perSnapshot,
-      };
+      const result = storeStats(cas, cat, { perSnapshot: true });
+      const { logicalBytes: logical, storedBytes: onDisk } = result;
+      const perSnapshot = result.perSnapshot ?? [];
       if (ctx.json) { printJson(result); return; }
       out(`snapshots          ${result.snapshots}`);
       out(`logical bytes      ${formatBytes(logical)}  (sum over snapshots)`);
-      out(`stored bytes       ${formatBytes(onDisk)}  in ${cont.n} containers (${formatBytes(cont.dead)} dead, reclaimable by gc)`);
-      out(`unique data        ${formatBytes(agg.raw)} in ${agg.n} chunks; metadata ${formatBytes(meta.stored)} in ${meta.n} chunks`);
+      out(`stored bytes       ${formatBytes(onDisk)}  in ${result.containers} containers (${formatBytes(result.deadBytes)} dead, reclaimable by gc)`);
+      out(`unique data        ${formatBytes(result.uniqueDataBytes)} in ${result.dataChunks} chunks; metadata ${formatBytes(result.metadataBytes)} in ${result.metadataChunks} chunks`);
       out(`dedup ratio        ${result.dedupRatio.toFixed(2)}  (logical / stored)`);
       out(`compression ratio  ${result.compressionRatio.toFixed(2)}`);
       if (perSnapshot.length) out('unique bytes per snapshot (what removing it would free):');

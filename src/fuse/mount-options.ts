@@ -10,8 +10,8 @@
 // applyMountOptions() therefore wraps `_fuseOptions` on one Fuse instance: an own property that
 // calls the prototype's method and appends our options to its result. Why this is the clean way:
 // - no fork and no patch of node_modules, so `npm ci` stays the whole install;
-// - fuse-native keeps building every option it knows (debug via DEBUG=fuse-bindings, fsname, ...),
-//   we only add to its result, and only on the instances we choose;
+// - fuse-native keeps building every option it knows (debug, fsname, allowOther...), we only add
+//   to its result, and only on the instances we choose;
 // - the hook is one small method, read once per mount, and we check it exists, so a fuse-native
 //   release that renames it fails loudly here instead of silently mounting with 4 KiB writes
 //   (test/fuse-options.test.ts also asserts the 128 KiB writes end to end).
@@ -21,7 +21,11 @@
 // and is lost when the package is reinstalled without it).
 //
 // The string is copied into a 1024-byte buffer by the binding and truncated silently beyond that,
-// and libfuse splits it on commas, so both are checked here.
+// and libfuse splits it on commas, so both are checked here. Option names are not: only libfuse
+// knows them, and it finds out late. fuse_mount() passes names it does not know on to fuse_new(),
+// which rejects them ("fuse: unknown option") after the kernel mount already exists, and
+// fuse-native then reports "fuse failed" without unmounting: whoever mounts must unmount on a
+// mount error (test/fixtures/memfs-server.ts does).
 
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';

@@ -14,7 +14,7 @@ export interface FuseServerOptions {
   args?: readonly string[];
   /** Mount here instead of a fresh directory under the OS temporary directory. */
   mountpoint?: string;
-  /** How long to wait for the mount to appear (default 10 s). */
+  /** How long to wait for the mount to come up (default 10 s). */
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
 }
@@ -33,10 +33,11 @@ const TAIL = 1 << 20;
 const POLL_MS = 20;
 
 /**
- * Starts `node <script> <mountpoint> ...args` and resolves once `mountpoint` shows in /proc/mounts.
- * Rejects with the server's stderr if it exits first or the mount does not appear in time. A
- * teardown registered on `t` always unmounts (unmountQuietly), stops the child and removes a
- * mountpoint it created, whether the test passed, failed or this function rejected.
+ * Starts `node <script> <mountpoint> ...args` and resolves once `mountpoint` shows in /proc/mounts
+ * and the server answers a stat there. Rejects with the server's stderr if it exits first or the
+ * mount does not come up in time (default 10 s). A teardown registered on `t` always unmounts
+ * (unmountQuietly), stops the child and removes a mountpoint it created, whether the test passed,
+ * failed or this function rejected.
  *
  * The child gets an IPC channel; a server should unmount and exit when it closes ('disconnect'),
  * which covers a test worker that dies before its teardown.

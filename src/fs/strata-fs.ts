@@ -1,0 +1,733 @@
+import fs from 'node:fs';
+import { diffEntries } from '../cas/diff.js';
+import type { CasStore } from '../cas/store.js';
+import { lookupPath } from '../cas/tree-lookup.js';
+import { invalid, notFound, StrataError } from '../errors.js';
+import { Catalogue } from '../temporal/catalogue.js';
+import { storeStats } from '../temporal/store-stats.js';
+import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
+import { FileBuffer } from './file-buffer.js';
+import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
+import { rewriteContent } from './rewrite-content.js';
+
+// The mounted namespace:
+//   live/                      the writable live tree
+//   pools/capacity/NAME/       read-only views of snapshots (by name, or id when unnamed)
+//   at/TIMESTAMP/              the latest snapshot at or before an ISO 8601 time
+//   tree/NAME/{data,parent,children/}   the temporal tree as symlinks
+//   stats.json                 store figures
+// Storage logic stays below (cas/, temporal/); this class routes paths and keeps open files.
+
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const TYPE_BITS: Record<EntryType, number> = {
+  file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, fifo: 0o010000, chardev: 0o020000, blockdev: 0o060000, socket: 0o140000,
+};
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_TRUNC = 0o1000;
+const O_APPEND = 0o2000;
+const NAME_MAX = 255;
+/** Unflushed bytes per file before a write flushes them into containers. */
+const FLUSH_BYTES = 16 * 1024 * 1024;
+const VIEW_TIMEOUT = 3600;
+const LIVE_TIMEOUT = 1;
+
+type Handle_ =
+  | { kind: 'live'; ino: number; flags: number }
+  | { kind: 'view'; entry: TreeEntry }
+  | { kind: 'data'; data: Buffer };
+
+const erofs = () => new StrataError('EROFS', 'read-only view');
+const eexist = (p: string) => new StrataError('EEXIST', `${p} exists`);
+
+function split(path: string): string[] {
+  return path.split('/').filter((p) => p.length > 0);
+}
+
+/** Stable inode numbers for view entries (live inodes use their row ids, far below 2^40). */
+function viewIno(key: string): number {
+  let h = 0xcbf29ce484222325n;
+  for (let i = 0; i < key.length; i++) h = BigInt.asUintN(64, (h ^ BigInt(key.charCodeAt(i))) * 0x100000001b3n);
+  return 2 ** 40 + Number(h % 2n ** 40n);
+}
+
+export class StrataFs implements Namespace {
+  readonly cat: Catalogue;
+  readonly live: LiveTree;
+  private readonly buffers = new Map<number, FileBuffer>();
+  private readonly openCount = new Map<number, number>();
+  private readonly handles = new Map<number, Handle_>();
+  private nextFh = 1;
+  private readonly mountedAtMs = Date.now();
+  private statsCache: { at: number; data: Buffer } | null = null;
+
+  private constructor(readonly cas: CasStore) {
+    this.cat = new Catalogue(cas);
+    this.live = new LiveTree(cas);
+    this.live.transaction(() => this.live.collectOrphans());
+  }
+
+  /** Serves a store opened for writing (the caller holds the lock and closes the store). */
+  static open(cas: CasStore): StrataFs {
+    return new StrataFs(cas);
+  }
+
+  /** The snapshot the live tree descends from (the parent of its next snapshot). */
+  get head(): string | null {
+    return this.cas.index.getMeta('live_head') ?? null;
+  }
+
+  // ---- routing -------------------------------------------------------------------------------
+
+  private route(path: string): { area: string; parts: string[] } {
+    const parts = split(path);
+    return { area: parts[0] ?? '', parts: parts.slice(1) };
+  }
+
+  /** Resolves a snapshot view path: area pools/capacity, at, or tree/NAME/data is a symlink. */
+  private view(area: string, parts: string[]): { snap: SnapshotInfo; rest: string[] } | null {
+    if (area === 'pools' && parts[0] === 'capacity' && parts.length >= 2) return { snap: this.snapByName(parts[1]), rest: parts.slice(2) };
+    if (area === 'at' && parts.length >= 1) return { snap: this.snapAt(parts[0]), rest: parts.slice(1) };
+    return null;
+  }
+
+  private snapByName(name: string): SnapshotInfo {
+    const s = this.cat.list().find((x) => (x.name ?? x.id) === name);
+    if (!s) throw notFound(`snapshot ${name}`);
+    return s;
+  }
+
+  private snapAt(stamp: string): SnapshotInfo {
+    const t = Date.parse(stamp);
+    if (!/^\d{4}-\d\d-\d\dT/.test(stamp) || Number.isNaN(t)) throw notFound(`time ${stamp}`);
+    let best: SnapshotInfo | undefined;
+    for (const s of this.cat.list()) if (s.createdMs <= t && (!best || s.createdMs >= best.createdMs)) best = s;
+    if (!best) throw notFound(`a snapshot at or before ${stamp}`);
+    return best;
+  }
+
+  private viewEntry(snap: SnapshotInfo, rest: string[]): TreeEntry {
+    const root = this.cat.rootEntry(snap);
+    return rest.length ? lookupPath(this.cas.objects, root, Buffer.from(rest.join('/'))) : root;
+  }
+
+  private label = (s: SnapshotInfo) => s.name ?? s.id;
+
+  // ---- live tree helpers ---------------------------------------------------------------------
+
+  private resolve(parts: string[]): Inode {
+    let cur = this.live.get(ROOT_INO);
+    for (const p of parts) {
+      if (cur.type !== 'dir') throw new StrataError('ENOTDIR', `${p}: not a directory`);
+      const ino = this.live.lookup(cur, Buffer.from(p));
+      if (ino === undefined) throw notFound(p);
+      cur = this.live.get(ino);
+    }
+    return cur;
+  }
+
+  private parentOf(parts: string[]): { dir: Inode; name: Buffer } {
+    if (parts.length === 0) throw new StrataError('EPERM', 'the live root cannot be changed this way');
+    const name = Buffer.from(parts[parts.length - 1]);
+    if (name.length > NAME_MAX) throw new StrataError('ENAMETOOLONG', 'name too long');
+    const dir = this.resolve(parts.slice(0, -1));
+    if (dir.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+    return { dir, name };
+  }
+
+  private livePath(path: string): string[] {
+    const { area, parts } = this.route(path);
+    if (area !== 'live') throw erofs();
+    return parts;
+  }
+
+  private touchDir(dir: Inode, nlinkDelta = 0): void {
+    const t = nowUs();
+    this.live.update(dir.ino, { mtimeUs: t, ctimeUs: t, nlink: dir.nlink + nlinkDelta });
+    this.live.invalidate(dir.ino);
+  }
+
+  private buffer(inode: Inode): FileBuffer {
+    let b = this.buffers.get(inode.ino);
+    if (!b) {
+      b = new FileBuffer(inode.content, inode.size);
+      this.buffers.set(inode.ino, b);
+    }
+    return b;
+  }
+
+  private attrOfInode(i: Inode): Attr {
+    const b = this.buffers.get(i.ino);
+    const size = b ? b.size : i.type === 'symlink' ? i.target?.length ?? 0 : i.size;
+    return {
+      ino: i.ino, mode: TYPE_BITS[i.type] | i.mode, nlink: i.nlink, uid: i.uid, gid: i.gid, size,
+      blocks: Math.ceil(size / 512), rdev: i.rdev,
+      atimeMs: i.atimeUs / 1000, mtimeMs: (b?.mtimeUs ?? i.mtimeUs) / 1000, ctimeMs: (b?.mtimeUs ?? i.ctimeUs) / 1000,
+    };
+  }
+
+  private attrOfEntry(e: TreeEntry, key: string): Attr {
+    const size = e.type === 'symlink' ? e.target?.length ?? 0 : e.size;
+    return {
+      ino: viewIno(key), mode: TYPE_BITS[e.type] | e.mode, nlink: e.type === 'dir' ? 2 : 1, uid: e.uid, gid: e.gid, size,
+      blocks: Math.ceil(size / 512), rdev: e.rdev ?? 0,
+      atimeMs: Number(e.atimeNs / 1_000_000n), mtimeMs: Number(e.mtimeNs / 1_000_000n), ctimeMs: Number(e.mtimeNs / 1_000_000n),
+    };
+  }
+
+  private synthetic(type: 'dir' | 'symlink' | 'file', key: string, size = 0): Attr {
+    return {
+      ino: viewIno(key), mode: type === 'dir' ? S_IFDIR | 0o555 : type === 'symlink' ? S_IFLNK | 0o777 : S_IFREG | 0o444,
+      nlink: type === 'dir' ? 2 : 1, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, size, blocks: Math.ceil(size / 512),
+      rdev: 0, atimeMs: this.mountedAtMs, mtimeMs: this.mountedAtMs, ctimeMs: this.mountedAtMs,
+    };
+  }
+
+  private statsJson(): Buffer {
+    const now = Date.now();
+    if (!this.statsCache || now - this.statsCache.at > 1000) {
+      const s = storeStats(this.cas, this.cat, { perSnapshot: false });
+      let dirty = 0;
+      for (const b of this.buffers.values()) dirty += b.dirtyBytes;
+      const data = Buffer.from(JSON.stringify({ ...s, live: { head: this.head, unflushedBytes: dirty, openFiles: this.handles.size } }, null, 2) + '\n');
+      this.statsCache = { at: now, data };
+    }
+    return this.statsCache.data;
+  }
+
+  // ---- Namespace: reading --------------------------------------------------------------------
+
+  getattr(path: string): Attr {
+    const { area, parts } = this.route(path);
+    switch (area) {
+      case '': return this.synthetic('dir', '/');
+      case 'live': return this.attrOfInode(this.resolve(parts));
+      case 'stats.json': if (parts.length) throw notFound(path); return this.synthetic('file', path, this.statsJson().length);
+      case 'pools':
+        if (parts.length === 0 || (parts.length === 1 && parts[0] === 'capacity')) return this.synthetic('dir', path);
+        break;
+      case 'at':
+        if (parts.length === 0) return this.synthetic('dir', path);
+        break;
+      case 'tree': {
+        if (parts.length === 0) return this.synthetic('dir', path);
+        const s = this.snapByName(parts[0]);
+        if (parts.length === 1) return this.synthetic('dir', path);
+        const t = this.treeLink(s, parts.slice(1));
+        return this.synthetic(t === null ? 'dir' : 'symlink', path, t?.length ?? 0);
+      }
+      default: throw notFound(path);
+    }
+    const v = this.view(area, parts);
+    if (!v) throw notFound(path);
+    return this.attrOfEntry(this.viewEntry(v.snap, v.rest), `${v.snap.id}/${v.rest.join('/')}`);
+  }
+
+  /** tree/NAME/...: null for a directory, else the symlink target. */
+  private treeLink(s: SnapshotInfo, rest: string[]): string | null {
+    const byId = new Map(this.cat.list().map((x) => [x.id, x]));
+    if (rest.length === 1 && rest[0] === 'data') return `../../pools/capacity/${this.label(s)}`;
+    if (rest.length === 1 && rest[0] === 'parent' && s.parent && byId.has(s.parent)) return `../${this.label(byId.get(s.parent)!)}`;
+    if (rest.length === 1 && rest[0] === 'children') return null;
+    if (rest.length === 2 && rest[0] === 'children') {
+      const c = this.cat.children(s.id).find((x) => this.label(x) === rest[1]);
+      if (c) return `../../${this.label(c)}`;
+    }
+    throw notFound(`tree/${this.label(s)}/${rest.join('/')}`);
+  }
+
+  readdir(path: string): string[] {
+    const { area, parts } = this.route(path);
+    switch (area) {
+      case '': return ['live', 'pools', 'at', 'tree', 'stats.json'];
+      case 'live': {
+        const d = this.resolve(parts);
+        if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+        return this.live.list(d).map((e) => e.name.toString());
+      }
+      case 'pools':
+        if (parts.length === 0) return ['capacity'];
+        if (parts.length === 1 && parts[0] === 'capacity') return this.cat.list().map(this.label);
+        break;
+      case 'at':
+        if (parts.length === 0) return this.cat.list().map((s) => new Date(s.createdMs).toISOString());
+        break;
+      case 'tree': {
+        if (parts.length === 0) return this.cat.list().map(this.label);
+        const s = this.snapByName(parts[0]);
+        if (parts.length === 1) return ['data', 'children', ...(s.parent ? ['parent'] : [])];
+        if (parts.length === 2 && parts[1] === 'children') return this.cat.children(s.id).map(this.label);
+        throw new StrataError('ENOTDIR', 'not a directory');
+      }
+      case 'stats.json': throw new StrataError('ENOTDIR', 'not a directory');
+      default: throw notFound(path);
+    }
+    const v = this.view(area, parts);
+    if (!v) throw notFound(path);
+    const e = this.viewEntry(v.snap, v.rest);
+    if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+    return e.content ? this.cas.objects.readTree(e.content).map((c) => c.name.toString()) : [];
+  }
+
+  readlink(path: string): string {
+    const { area, parts } = this.route(path);
+    if (area === 'live') {
+      const i = this.resolve(parts);
+      if (i.type !== 'symlink') throw invalid('not a symlink');
+      return (i.target ?? Buffer.alloc(0)).toString();
+    }
+    if (area === 'tree' && parts.length >= 2) {
+      const t = this.treeLink(this.snapByName(parts[0]), parts.slice(1));
+      if (t === null) throw invalid('not a symlink');
+      return t;
+    }
+    const v = this.view(area, parts);
+    if (!v) throw invalid('not a symlink');
+    const e = this.viewEntry(v.snap, v.rest);
+    if (e.type !== 'symlink') throw invalid('not a symlink');
+    return (e.target ?? Buffer.alloc(0)).toString();
+  }
+
+  open(path: string, flags: number): number {
+    const { area, parts } = this.route(path);
+    const writing = (flags & O_ACCMODE) === O_WRONLY || (flags & O_ACCMODE) === O_RDWR || (flags & O_TRUNC) !== 0;
+    if (area === 'stats.json') {
+      if (writing) throw erofs();
+      return this.addHandle({ kind: 'data', data: this.statsJson() });
+    }
+    if (area === 'live') {
+      const i = this.resolve(parts);
+      if (i.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
+      const fh = this.addHandle({ kind: 'live', ino: i.ino, flags });
+      this.openCount.set(i.ino, (this.openCount.get(i.ino) ?? 0) + 1);
+      if ((flags & O_TRUNC) && i.type === 'file') this.truncateInode(i, 0);
+      return fh;
+    }
+    const v = this.view(area, parts);
+    if (!v) throw notFound(path);
+    if (writing) throw erofs();
+    const e = this.viewEntry(v.snap, v.rest);
+    if (e.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
+    return this.addHandle({ kind: 'view', entry: e });
+  }
+
+  read(fh: number, offset: number, length: number): Buffer {
+    const h = this.handle(fh);
+    if (h.kind === 'data') return h.data.subarray(Math.min(offset, h.data.length), Math.min(offset + length, h.data.length));
+    if (h.kind === 'view') return h.entry.content ? this.cas.objects.readObject(h.entry.content, offset, length) : Buffer.alloc(0);
+    const i = this.live.get(h.ino);
+    const b = this.buffers.get(i.ino);
+    if (b) return b.read(this.cas.objects, offset, length);
+    if (!i.content) return Buffer.alloc(0);
+    return this.cas.objects.readObject(i.content, offset, Math.max(0, Math.min(length, i.size - offset)));
+  }
+
+  // ---- Namespace: writing the live tree ------------------------------------------------------
+
+  create(path: string, mode: number, flags: number, uid: number, gid: number): number {
+    const { dir, name } = this.parentOf(this.livePath(path));
+    if (this.live.lookup(dir, name) !== undefined) throw eexist(path);
+    const ino = this.live.transaction(() => {
+      const ino = this.live.create({ type: 'file', mode, uid, gid });
+      this.live.addEntry(dir.ino, name, ino);
+      this.touchDir(dir);
+      return ino;
+    });
+    const fh = this.addHandle({ kind: 'live', ino, flags });
+    this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1);
+    return fh;
+  }
+
+  write(fh: number, data: Buffer, offset: number): number {
+    const h = this.handle(fh);
+    if (h.kind !== 'live') throw new StrataError('EBADF', 'not open for writing');
+    const i = this.live.get(h.ino);
+    const b = this.buffer(i);
+    const at = h.flags & O_APPEND ? b.size : offset;
+    b.write(at, data);
+    b.mtimeUs = nowUs();
+    if (b.dirtyBytes >= FLUSH_BYTES) this.flushIno(i.ino, false);
+    return data.length;
+  }
+
+  flush(fh: number): void {
+    const h = this.handle(fh);
+    if (h.kind === 'live') this.flushIno(h.ino, false);
+  }
+
+  fsync(fh: number): void {
+    const h = this.handle(fh);
+    if (h.kind === 'live') this.flushIno(h.ino, true);
+  }
+
+  release(fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    if (h.kind !== 'live') return;
+    const n = (this.openCount.get(h.ino) ?? 1) - 1;
+    if (n > 0) { this.openCount.set(h.ino, n); return; }
+    this.openCount.delete(h.ino);
+    let inode: Inode;
+    try { inode = this.live.get(h.ino); } catch { this.buffers.delete(h.ino); return; } // gone with a branch
+    if (inode.nlink <= 0) {
+      this.buffers.delete(h.ino);
+      this.live.transaction(() => this.live.destroy(inode));
+      return;
+    }
+    this.flushIno(h.ino, false);
+    this.buffers.delete(h.ino);
+  }
+
+  truncate(path: string, size: number): void {
+    const i = this.resolve(this.livePath(path));
+    if (i.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
+    this.truncateInode(i, size);
+    if (!this.openCount.get(i.ino)) {
+      this.flushIno(i.ino, false);
+      this.buffers.delete(i.ino);
+    }
+  }
+
+  ftruncate(fh: number, size: number): void {
+    const h = this.handle(fh);
+    if (h.kind !== 'live') throw erofs();
+    this.truncateInode(this.live.get(h.ino), size);
+  }
+
+  private truncateInode(i: Inode, size: number): void {
+    if (i.type !== 'file') throw invalid('not a regular file');
+    const b = this.buffer(i);
+    b.truncate(size);
+    b.mtimeUs = nowUs();
+  }
+
+  unlink(path: string): void {
+    const { dir, name } = this.parentOf(this.livePath(path));
+    const ino = this.live.lookup(dir, name);
+    if (ino === undefined) throw notFound(path);
+    const i = this.live.get(ino);
+    if (i.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
+    this.live.transaction(() => {
+      this.live.removeEntry(dir.ino, name);
+      this.touchDir(dir);
+      this.dropLink(i);
+    });
+  }
+
+  /** One name less for an inode: gone when no name and no open handle is left. */
+  private dropLink(i: Inode): void {
+    const nlink = i.type === 'dir' ? 0 : i.nlink - 1;
+    this.live.update(i.ino, { nlink, ctimeUs: nowUs() });
+    if (nlink > 0) this.live.invalidateParentsOf(i.ino);
+    else if (!this.openCount.get(i.ino)) {
+      this.buffers.delete(i.ino);
+      this.live.destroy({ ...i, nlink });
+    }
+  }
+
+  rename(from: string, to: string): void {
+    const src = this.parentOf(this.livePath(from));
+    const dst = this.parentOf(this.livePath(to));
+    const ino = this.live.lookup(src.dir, src.name);
+    if (ino === undefined) throw notFound(from);
+    const moving = this.live.get(ino);
+    if (moving.type === 'dir') {
+      // A directory cannot move below itself.
+      for (let d: number | null = dst.dir.ino; d !== null; d = this.live.get(d).parent) {
+        if (d === ino) throw invalid('cannot move a directory into itself');
+      }
+    }
+    const existing = this.live.lookup(dst.dir, dst.name);
+    if (existing === ino) return;
+    this.live.transaction(() => {
+      if (existing !== undefined) {
+        const old = this.live.get(existing);
+        if (old.type === 'dir') {
+          if (moving.type !== 'dir') throw new StrataError('EISDIR', `${to} is a directory`);
+          if (!this.live.isEmpty(old)) throw new StrataError('ENOTEMPTY', `${to} is not empty`);
+          this.touchDir(dst.dir, -1);
+        } else if (moving.type === 'dir') {
+          throw new StrataError('ENOTDIR', `${to} is not a directory`);
+        }
+        this.live.removeEntry(dst.dir.ino, dst.name);
+        this.dropLink(old);
+      }
+      this.live.removeEntry(src.dir.ino, src.name);
+      this.live.addEntry(dst.dir.ino, dst.name, ino);
+      const dirDelta = moving.type === 'dir' && src.dir.ino !== dst.dir.ino ? 1 : 0;
+      this.touchDir(this.live.get(src.dir.ino), -dirDelta);
+      this.touchDir(this.live.get(dst.dir.ino), dirDelta);
+      this.live.update(ino, { ctimeUs: nowUs(), parent: moving.type === 'dir' ? dst.dir.ino : undefined });
+    });
+  }
+
+  mkdir(path: string, mode: number, uid: number, gid: number): void {
+    const { dir, name } = this.parentOf(this.livePath(path));
+    if (this.live.lookup(dir, name) !== undefined) throw eexist(path);
+    this.live.transaction(() => {
+      const ino = this.live.create({ type: 'dir', mode, uid, gid, nlink: 2, parent: dir.ino });
+      this.live.addEntry(dir.ino, name, ino);
+      this.touchDir(dir, 1);
+    });
+  }
+
+  rmdir(path: string): void {
+    const { dir, name } = this.parentOf(this.livePath(path));
+    const ino = this.live.lookup(dir, name);
+    if (ino === undefined) throw notFound(path);
+    const d = this.live.get(ino);
+    if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+    if (!this.live.isEmpty(d)) throw new StrataError('ENOTEMPTY', `${path} is not empty`);
+    this.live.transaction(() => {
+      this.live.removeEntry(dir.ino, name);
+      this.touchDir(dir, -1);
+      this.live.destroy(d);
+    });
+  }
+
+  symlink(target: string, path: string, uid: number, gid: number): void {
+    const { dir, name } = this.parentOf(this.livePath(path));
+    if (this.live.lookup(dir, name) !== undefined) throw eexist(path);
+    this.live.transaction(() => {
+      const ino = this.live.create({ type: 'symlink', mode: 0o777, uid, gid, target: Buffer.from(target) });
+      this.live.addEntry(dir.ino, name, ino);
+      this.touchDir(dir);
+    });
+  }
+
+  link(existing: string, path: string): void {
+    const i = this.resolve(this.livePath(existing));
+    if (i.type === 'dir') throw new StrataError('EPERM', 'hard links to directories are not allowed');
+    const { dir, name } = this.parentOf(this.livePath(path));
+    if (this.live.lookup(dir, name) !== undefined) throw eexist(path);
+    this.live.transaction(() => {
+      this.live.addEntry(dir.ino, name, i.ino);
+      this.live.update(i.ino, { nlink: i.nlink + 1, ctimeUs: nowUs() });
+      this.touchDir(dir);
+      this.live.invalidateParentsOf(i.ino);
+    });
+  }
+
+  private changeMeta(path: string, f: Parameters<LiveTree['update']>[1]): void {
+    const i = this.resolve(this.livePath(path));
+    this.live.transaction(() => {
+      this.live.update(i.ino, { ...f, ctimeUs: nowUs() });
+      if (i.ino === ROOT_INO) this.live.invalidate(ROOT_INO);
+      else if (i.type === 'dir') this.live.invalidate(i.ino);
+      else this.live.invalidateParentsOf(i.ino);
+    });
+  }
+
+  chmod(path: string, mode: number): void {
+    this.changeMeta(path, { mode });
+  }
+
+  chown(path: string, uid: number, gid: number): void {
+    const i = this.resolve(this.livePath(path));
+    this.changeMeta(path, { uid: uid === -1 || uid === 0xffffffff ? i.uid : uid, gid: gid === -1 || gid === 0xffffffff ? i.gid : gid });
+  }
+
+  utimens(path: string, atimeMs: number | undefined, mtimeMs: number | undefined): void {
+    const parts = this.livePath(path);
+    const i = this.resolve(parts);
+    const b = this.buffers.get(i.ino);
+    if (b && mtimeMs !== undefined) b.mtimeUs = undefined; // an explicit time wins over the pending write time
+    this.changeMeta(path, {
+      atimeUs: atimeMs === undefined ? undefined : Math.round(atimeMs * 1000),
+      mtimeUs: mtimeMs === undefined ? undefined : Math.round(mtimeMs * 1000),
+    });
+  }
+
+  statfs(): StatFs {
+    const s = fs.statfsSync(this.cas.dir);
+    return {
+      bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
+      files: s.files, ffree: s.ffree, favail: s.ffree, namemax: NAME_MAX,
+    };
+  }
+
+  // ---- extended attributes -------------------------------------------------------------------
+
+  private xattrsOf(path: string): Array<[string, Buffer]> {
+    const { area, parts } = this.route(path);
+    if (area === 'live') return this.resolve(parts).xattrs;
+    const v = this.view(area, parts);
+    if (v) return this.viewEntry(v.snap, v.rest).xattrs ?? [];
+    this.getattr(path); // ENOENT for what does not exist
+    return [];
+  }
+
+  getxattr(path: string, name: string): Buffer {
+    const x = this.xattrsOf(path).find(([n]) => n === name);
+    if (!x) throw new StrataError('ENODATA', `no attribute ${name}`);
+    return x[1];
+  }
+
+  listxattr(path: string): string[] {
+    return this.xattrsOf(path).map(([n]) => n);
+  }
+
+  setxattr(path: string, name: string, value: Buffer, flags: number): void {
+    const i = this.resolve(this.livePath(path));
+    const XATTR_CREATE = 1;
+    const XATTR_REPLACE = 2;
+    const has = i.xattrs.some(([n]) => n === name);
+    if (flags & XATTR_CREATE && has) throw new StrataError('EEXIST', `attribute ${name} exists`);
+    if (flags & XATTR_REPLACE && !has) throw new StrataError('ENODATA', `no attribute ${name}`);
+    const next = i.xattrs.filter(([n]) => n !== name).concat([[name, Buffer.from(value)]]).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    this.changeMeta(path, { xattrs: next });
+  }
+
+  removexattr(path: string, name: string): void {
+    const i = this.resolve(this.livePath(path));
+    if (!i.xattrs.some(([n]) => n === name)) throw new StrataError('ENODATA', `no attribute ${name}`);
+    this.changeMeta(path, { xattrs: i.xattrs.filter(([n]) => n !== name) });
+  }
+
+  cacheTimeout(path: string): number {
+    const { area, parts } = this.route(path);
+    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
+  }
+
+  // ---- flushing, snapshots, branches ---------------------------------------------------------
+
+  /** Stores a file's unflushed writes as its new content; durable: fsynced before returning. */
+  private flushIno(ino: number, durable: boolean): void {
+    const b = this.buffers.get(ino);
+    if (!b || !b.dirty) {
+      if (durable) this.cas.index.durable(() => undefined);
+      return;
+    }
+    const inode = this.live.get(ino);
+    const info = rewriteContent(this.cas.objects, b);
+    this.cas.chunks.commit(() => {
+      this.live.setContent(ino, inode.content, info.root);
+      this.live.update(ino, { size: info.size, mtimeUs: b.mtimeUs, ctimeUs: b.mtimeUs });
+      this.live.invalidateParentsOf(ino);
+    }, durable);
+    b.flushed(info.root);
+  }
+
+  /** Flushes every file with unflushed writes; durable: everything is fsynced before returning. */
+  async flushAll(durable = true): Promise<void> {
+    for (const ino of [...this.buffers.keys()]) this.flushIno(ino, false);
+    if (durable) this.cas.index.durable(() => undefined);
+  }
+
+  /**
+   * Captures the live tree as a snapshot, a child of the live tree's head. Work follows what
+   * changed since the last snapshot: unchanged directories keep their stored trees.
+   */
+  async snapshot(name?: string | null): Promise<SnapshotInfo> {
+    if (name != null) this.cat.checkNewName(name);
+    await this.flushAll(false);
+    const rootTree = this.serialize(ROOT_INO);
+    const root = this.live.get(ROOT_INO);
+    const entry: TreeEntry = {
+      name: Buffer.from('live'), type: 'dir', mode: root.mode, uid: root.uid, gid: root.gid,
+      mtimeNs: BigInt(root.mtimeUs) * 1000n, atimeNs: BigInt(root.atimeUs) * 1000n, size: 0, content: rootTree,
+      xattrs: root.xattrs.length ? root.xattrs : undefined,
+    };
+    const parent = this.head ? this.cat.list().find((s) => s.id === this.head) ?? null : null;
+    const totals = this.totals(parent, entry);
+    const snap = this.cat.create({ name: name ?? null, parent: parent?.id ?? null, source: null, entry, ...totals });
+    this.cas.index.durable(() => this.cas.index.setMeta('live_head', snap.id));
+    this.statsCache = null;
+    return snap;
+  }
+
+  /** Logical bytes and file count, from the parent's figures plus the difference (cost follows the change). */
+  private totals(parent: SnapshotInfo | null, entry: TreeEntry): { logicalBytes: number; fileCount: number } {
+    if (!parent) return this.walkTotals(entry);
+    let { logicalBytes, fileCount } = parent;
+    const prev = this.cat.rootEntry(parent);
+    for (const c of diffEntries(this.cas.objects, prev.type === 'dir' ? prev : { ...entry, content: null }, entry)) {
+      const sign = c.change === 'removed' ? -1 : 1;
+      if (c.change === 'added' || c.change === 'removed') {
+        const side = c.change === 'added' ? entry : prev;
+        const t = this.walkTotals(lookupPath(this.cas.objects, side, c.path));
+        logicalBytes += sign * t.logicalBytes;
+        fileCount += sign * t.fileCount;
+      } else if (c.type === 'file') {
+        logicalBytes += (c.sizeB ?? 0) - (c.sizeA ?? 0);
+      }
+    }
+    return { logicalBytes, fileCount };
+  }
+
+  private walkTotals(e: TreeEntry): { logicalBytes: number; fileCount: number } {
+    if (e.type === 'file') return { logicalBytes: e.size, fileCount: 1 };
+    if (e.type !== 'dir' || !e.content) return { logicalBytes: 0, fileCount: 0 };
+    let logicalBytes = 0;
+    let fileCount = 0;
+    for (const c of this.cas.objects.readTree(e.content)) {
+      const t = this.walkTotals(c);
+      logicalBytes += t.logicalBytes;
+      fileCount += t.fileCount;
+    }
+    return { logicalBytes, fileCount };
+  }
+
+  /** A directory's tree handle, writing trees only for directories changed since last time. */
+  private serialize(ino: number): Handle {
+    const d = this.live.get(ino);
+    if (d.content) return d.content;
+    const entries: TreeEntry[] = this.live.list(d).map(({ name, ino: c }) => {
+      const i = this.live.get(c);
+      return {
+        name, type: i.type, mode: i.mode, uid: i.uid, gid: i.gid,
+        mtimeNs: BigInt(i.mtimeUs) * 1000n, atimeNs: BigInt(i.atimeUs) * 1000n,
+        size: i.type === 'file' ? i.size : 0,
+        content: i.type === 'dir' ? this.serialize(c) : i.content,
+        target: i.target ?? undefined, rdev: i.rdev || undefined,
+        xattrs: i.xattrs.length ? i.xattrs : undefined,
+        linkGroup: i.type !== 'dir' && i.nlink > 1 ? i.ino : undefined,
+      };
+    });
+    const tree = this.cas.objects.writeTree(entries);
+    this.cas.chunks.commit(() => this.live.cacheTree(ino, tree));
+    return tree;
+  }
+
+  /**
+   * Restarts the live tree from a snapshot (restore, then modify): the next snapshot becomes a
+   * new child of it and the old line stays as it is. Instant: directories load when visited.
+   */
+  async branch(ref: string): Promise<SnapshotInfo> {
+    const snap = this.cat.get(ref);
+    const root = this.cat.rootEntry(snap);
+    if (root.type !== 'dir') throw invalid(`snapshot ${ref} holds a single file; branch needs a directory snapshot`);
+    await this.flushAll(false);
+    this.buffers.clear();
+    this.openCount.clear();
+    for (const [fh, h] of this.handles) if (h.kind === 'live') this.handles.delete(fh);
+    this.cas.chunks.commit();
+    this.cas.index.durable(() => {
+      this.live.reset(root);
+      this.cas.index.setMeta('live_head', snap.id);
+    });
+    this.statsCache = null;
+    return snap;
+  }
+
+  /** Flushes everything; the caller closes the store. */
+  async close(): Promise<void> {
+    await this.flushAll(true);
+  }
+
+  private addHandle(h: Handle_): number {
+    const fh = this.nextFh++;
+    this.handles.set(fh, h);
+    return fh;
+  }
+
+  private handle(fh: number): Handle_ {
+    const h = this.handles.get(fh);
+    if (!h) throw new StrataError('EBADF', `bad file handle ${fh}`);
+    return h;
+  }
+}

@@ -1,0 +1,232 @@
+// FUSE operations -> Namespace calls. Translation only: each handler parses fuse-native's
+// arguments, makes exactly one Namespace call, and answers the kernel exactly once, with the
+// result or with a negative errno. No storage logic lives here.
+//
+// fuse-native facts this file relies on (node_modules/fuse-native/index.js and fuse-native.c):
+// - getattr wants { mode, uid, gid, size, nlink, ino, rdev, blocks, blksize, atime, mtime, ctime }
+//   with times as Date or milliseconds; it converts to timespec at millisecond precision and keeps
+//   ino in 32 bits (st_ino reaches applications only with the `use_ino` mount option).
+// - read/write answer with the byte count in the error slot; their `buf` is libfuse's memory and is
+//   detached once answered, so a write buffer is copied before the Namespace sees it.
+// - create gets the mode but not the open flags, and no handler gets the caller's uid/gid
+//   (fuse_get_context is not exposed): new files belong to the daemon's user.
+// - utimens gets milliseconds computed from timespecs, which folds UTIME_NOW and UTIME_OMIT
+//   (tv_sec 0, tv_nsec ~2^30) into the same value; see decodeTimes().
+// - there is no per-path entry/attr timeout in the high-level libfuse2 API fuse-native wraps, so
+//   Namespace.cacheTimeout() can only be applied globally, at mount time (see the daemon).
+// - fgetattr is left unimplemented: libfuse then answers it with getattr by path.
+
+import Fuse from 'fuse-native';
+import { isStrataError } from '../errors.js';
+import type { Attr, Namespace, StatFs } from '../types.js';
+
+/** Codes that are not errno names, or that the kernel should see as another errno. */
+const SPECIAL_ERRNO: Readonly<Record<string, number>> = {
+  ECORRUPT: Fuse.EIO, // stored bytes failed their hash: an I/O error, never wrong data
+  ETRUNC: Fuse.EIO,
+  ELOCKED: Fuse.EBUSY,
+};
+
+/** Codes worth a log line even though they are expected StrataErrors: they mean damage. */
+const LOGGED_CODES = new Set(['ECORRUPT', 'ETRUNC', 'EIO']);
+
+/** open(2) flags for create(): fuse-native does not pass the caller's flags through. */
+const CREATE_FLAGS = 0o2 /* O_RDWR */ | 0o100 /* O_CREAT */;
+
+/**
+ * libfuse2 reports UTIME_NOW and UTIME_OMIT as { tv_sec: 0, tv_nsec: 2^30 - 1 or - 2 }, which
+ * fuse-native turns into 0 * 1000 + floor(tv_nsec / 1e6) ms. No real timestamp is 1.073 s after
+ * the epoch, so this value means "now or leave as is".
+ */
+const UTIME_SPECIAL_MS = Math.floor(((1 << 30) - 1) / 1e6);
+
+/** The negative errno fuse-native should answer for a failure of the Namespace. */
+export function errnoFor(e: unknown): number | null {
+  if (!isStrataError(e)) return null;
+  const special = SPECIAL_ERRNO[e.code];
+  if (special !== undefined) return special;
+  const errno = (Fuse as unknown as Record<string, unknown>)[e.code];
+  return typeof errno === 'number' && errno < 0 ? errno : null;
+}
+
+/** Attr (milliseconds) -> the stat object fuse-native packs; times before 1970 are clamped to 0. */
+export function toFuseStat(a: Attr): Fuse.Stat {
+  const ms = (t: number) => (Number.isFinite(t) && t > 0 ? Math.floor(t) : 0);
+  return {
+    mode: a.mode,
+    uid: a.uid,
+    gid: a.gid,
+    size: a.size,
+    nlink: a.nlink,
+    ino: a.ino,
+    rdev: a.rdev,
+    blocks: a.blocks,
+    // A hint for applications' I/O size: the largest write the mount accepts (max_write).
+    blksize: 131072,
+    atime: ms(a.atimeMs),
+    mtime: ms(a.mtimeMs),
+    ctime: ms(a.ctimeMs),
+  };
+}
+
+function toFuseStatfs(s: StatFs): Fuse.Statfs {
+  return { ...s };
+}
+
+/**
+ * Decodes utimens arguments into Namespace times (undefined = leave unchanged). The special value
+ * cannot tell "now" from "omit": when both times carry it (touch), both become now; when only one
+ * does, the other was given explicitly, and the special one is most likely "omit" (touch -d, -m).
+ */
+export function decodeTimes(atime: number, mtime: number, now = Date.now()): { atimeMs: number | undefined; mtimeMs: number | undefined } {
+  const a = atime === UTIME_SPECIAL_MS;
+  const m = mtime === UTIME_SPECIAL_MS;
+  if (a && m) return { atimeMs: now, mtimeMs: now };
+  return { atimeMs: a ? undefined : atime, mtimeMs: m ? undefined : mtime };
+}
+
+type Answer = (...args: unknown[]) => void;
+
+/**
+ * Builds the fuse-native operations object for `ns`. `log` receives one line per unexpected
+ * failure (answered EIO) and per integrity error.
+ */
+export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Operations {
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+
+  /**
+   * Runs one Namespace call and answers `cb` exactly once: `reply(value)` gives the callback's
+   * arguments on success; any throw or rejection (also from `reply`) becomes a negative errno.
+   */
+  function serve<T>(op: string, where: string, cb: Answer, call: () => T | Promise<T>, reply: (value: T) => unknown[]): void {
+    let answered = false;
+    const fail = (e: unknown) => {
+      if (answered) return;
+      answered = true;
+      const errno = errnoFor(e);
+      if (errno === null || (isStrataError(e) && LOGGED_CODES.has(e.code))) {
+        const detail = e instanceof Error ? (isStrataError(e) ? `${e.code}: ${e.message}` : e.stack ?? e.message) : String(e);
+        log(`${op} ${where}: ${detail}`);
+      }
+      cb(errno ?? Fuse.EIO);
+    };
+    const succeed = (value: T) => {
+      if (answered) return;
+      let args: unknown[];
+      try {
+        args = reply(value);
+      } catch (e) {
+        return fail(e);
+      }
+      answered = true;
+      cb(...args);
+    };
+    let result: T | Promise<T>;
+    try {
+      result = call();
+    } catch (e) {
+      return fail(e);
+    }
+    if (isPromiseLike(result)) result.then(succeed, fail);
+    else succeed(result);
+  }
+
+  const done = () => [0];
+
+  return {
+    getattr(path, cb) {
+      serve('getattr', path, cb, () => ns.getattr(path), (a) => [0, toFuseStat(a)]);
+    },
+    readdir(path, cb) {
+      serve('readdir', path, cb, () => ns.readdir(path), (names) => [0, names]);
+    },
+    readlink(path, cb) {
+      serve('readlink', path, cb, () => ns.readlink(path), (target) => [0, target]);
+    },
+    statfs(path, cb) {
+      serve('statfs', path, cb, () => ns.statfs(path), (s) => [0, toFuseStatfs(s)]);
+    },
+    open(path, flags, cb) {
+      serve('open', path, cb, () => ns.open(path, flags), (fh) => [0, checkHandle(fh)]);
+    },
+    create(path, mode, cb) {
+      serve('create', path, cb, () => ns.create(path, mode, CREATE_FLAGS, uid, gid), (fh) => [0, checkHandle(fh)]);
+    },
+    read(path, fd, buf, len, pos, cb) {
+      serve('read', path, cb, () => ns.read(fd, pos, len), (data) => [data.copy(buf, 0, 0, Math.min(len, data.length))]);
+    },
+    write(path, fd, buf, len, pos, cb) {
+      // fuse-native hands us libfuse's own buffer, which it detaches once answered.
+      const data = Buffer.from(buf.subarray(0, len));
+      serve('write', path, cb, () => ns.write(fd, data, pos), (n) => [n]);
+    },
+    flush(path, fd, cb) {
+      serve('flush', path, cb, () => ns.flush(fd), done);
+    },
+    fsync(path, datasync, fd, cb) {
+      serve('fsync', path, cb, () => ns.fsync(fd, datasync !== 0), done);
+    },
+    release(path, fd, cb) {
+      serve('release', path, cb, () => ns.release(fd), done);
+    },
+    truncate(path, size, cb) {
+      serve('truncate', path, cb, () => ns.truncate(path, size), done);
+    },
+    ftruncate(path, fd, size, cb) {
+      serve('ftruncate', path, cb, () => ns.ftruncate(fd, size), done);
+    },
+    unlink(path, cb) {
+      serve('unlink', path, cb, () => ns.unlink(path), done);
+    },
+    rename(src, dest, cb) {
+      serve('rename', `${src} -> ${dest}`, cb, () => ns.rename(src, dest), done);
+    },
+    mkdir(path, mode, cb) {
+      serve('mkdir', path, cb, () => ns.mkdir(path, mode, uid, gid), done);
+    },
+    rmdir(path, cb) {
+      serve('rmdir', path, cb, () => ns.rmdir(path), done);
+    },
+    // fuse-native passes (target, linkpath) for symlink and (existing, newpath) for link.
+    symlink(target, path, cb) {
+      serve('symlink', path, cb, () => ns.symlink(target, path, uid, gid), done);
+    },
+    link(existing, path, cb) {
+      serve('link', `${existing} -> ${path}`, cb, () => ns.link(existing, path), done);
+    },
+    chmod(path, mode, cb) {
+      serve('chmod', path, cb, () => ns.chmod(path, mode), done);
+    },
+    chown(path, owner, group, cb) {
+      serve('chown', path, cb, () => ns.chown(path, owner, group), done);
+    },
+    utimens(path, atime, mtime, cb) {
+      const t = decodeTimes(atime, mtime);
+      serve('utimens', path, cb, () => ns.utimens(path, t.atimeMs, t.mtimeMs), done);
+    },
+    getxattr(path, name, _position, cb) {
+      serve('getxattr', path, cb, () => ns.getxattr(path, name), (value) => [0, value]);
+    },
+    setxattr(path, name, value, _position, flags, cb) {
+      const copy = Buffer.from(value); // libfuse's memory, like a write buffer
+      serve('setxattr', path, cb, () => ns.setxattr(path, name, copy, flags), done);
+    },
+    listxattr(path, cb) {
+      serve('listxattr', path, cb, () => ns.listxattr(path), (names) => [0, names]);
+    },
+    removexattr(path, name, cb) {
+      serve('removexattr', path, cb, () => ns.removexattr(path, name), done);
+    },
+  };
+}
+
+/** fuse_file_info.fh travels as a 32-bit number through fuse-native; 0 means "none". */
+function checkHandle(fh: number): number {
+  if (!Number.isInteger(fh) || fh < 0 || fh > 0x7fffffff) throw new Error(`namespace returned file handle ${fh}, outside 0..2^31-1`);
+  return fh;
+}
+
+function isPromiseLike<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as { then?: unknown } | null)?.then === 'function';
+}

@@ -1,0 +1,108 @@
+import test from 'ava';
+import { CasStore } from '../src/cas/store.js';
+import { isStrataError } from '../src/errors.js';
+import { StrataFs } from '../src/fs/strata-fs.js';
+import { createTestStore } from './helpers/store.js';
+import { pseudoRandomBytes } from './helpers/tmp.js';
+
+// The namespace in-process (no kernel): routing, live-tree semantics, snapshots and branches.
+// The same behaviour through a real mount is tested in mount.test.ts.
+
+const O_RDWR = 2;
+const code = (fn: () => unknown) => {
+  try { fn(); } catch (e) { if (isStrataError(e)) return e.code; throw e; }
+  return 'ok';
+};
+
+function writeFile(f: StrataFs, path: string, data: Buffer): void {
+  const fh = f.create(path, 0o644, O_RDWR, 0, 0) as number;
+  f.write(fh, data, 0);
+  f.release(fh);
+}
+
+function readFile(f: StrataFs, path: string): Buffer {
+  const fh = f.open(path, 0) as number;
+  const size = (f.getattr(path) as { size: number }).size;
+  const b = f.read(fh, 0, size) as Buffer;
+  f.release(fh);
+  return b;
+}
+
+test('live tree basics, snapshot views, and a snapshot that does not change with the live tree', async (t) => {
+  const { cas } = createTestStore(t);
+  const f = StrataFs.open(cas);
+  t.deepEqual(f.readdir('/'), ['live', 'pools', 'at', 'tree', 'stats.json']);
+  f.mkdir('/live/d', 0o755, 0, 0);
+  const data = pseudoRandomBytes(300_000, 4);
+  writeFile(f, '/live/d/a.bin', data);
+  t.true(readFile(f, '/live/d/a.bin').equals(data));
+  t.is(code(() => f.mkdir('/live/d', 0o755, 0, 0)), 'EEXIST');
+  t.is(code(() => f.rmdir('/live/d')), 'ENOTEMPTY');
+  t.is(code(() => f.getattr('/live/nope')), 'ENOENT');
+  const s1 = await f.snapshot('s1');
+  t.deepEqual(f.readdir('/pools/capacity'), ['s1']);
+  t.true(readFile(f, '/pools/capacity/s1/d/a.bin').equals(data));
+  // Change the live tree: the snapshot stays as it was.
+  const fh = f.open('/live/d/a.bin', O_RDWR) as number;
+  f.write(fh, Buffer.from('XXXX'), 10);
+  f.release(fh);
+  f.rename('/live/d/a.bin', '/live/b.bin');
+  t.true(readFile(f, '/pools/capacity/s1/d/a.bin').equals(data));
+  t.is(readFile(f, '/live/b.bin').subarray(10, 14).toString(), 'XXXX');
+  t.is(code(() => f.create('/pools/capacity/s1/new', 0o644, O_RDWR, 0, 0)), 'EROFS');
+  t.is(code(() => f.unlink('/pools/capacity/s1/d/a.bin')), 'EROFS');
+  const s2 = await f.snapshot('s2');
+  t.is(s2.parent, s1.id);
+  t.is(f.readlink('/tree/s2/parent'), '../s1');
+  t.deepEqual(f.readdir('/tree/s1/children'), ['s2']);
+  t.deepEqual(f.readdir('/pools/capacity/s2'), ['b.bin', 'd']);
+  t.is(s2.fileCount, 1);
+  t.is(s2.logicalBytes, data.length);
+  // at/: the latest snapshot at or before a time.
+  t.deepEqual(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`), ['b.bin', 'd']);
+  t.is(code(() => f.readdir('/at/1999-01-01T00:00:00Z')), 'ENOENT');
+  const stats = JSON.parse(readFile(f, '/stats.json').toString());
+  t.is(stats.snapshots, 2);
+  t.true(stats.dedupRatio > 0);
+});
+
+test('branch restarts the live tree from an older snapshot; the old line stays', async (t) => {
+  const { cas } = createTestStore(t);
+  const f = StrataFs.open(cas);
+  writeFile(f, '/live/v', Buffer.from('one'));
+  const s1 = await f.snapshot('s1');
+  const fh = f.open('/live/v', O_RDWR) as number;
+  f.ftruncate(fh, 0);
+  f.write(fh, Buffer.from('two'), 0);
+  f.release(fh);
+  await f.snapshot('s2');
+  await f.branch('s1');
+  t.is(readFile(f, '/live/v').toString(), 'one');
+  writeFile(f, '/live/w', Buffer.from('branch'));
+  const s3 = await f.snapshot('s3');
+  t.is(s3.parent, s1.id);
+  t.deepEqual(f.readdir('/tree/s1/children').sort(), ['s2', 's3']);
+  t.is(readFile(f, '/pools/capacity/s2/v').toString(), 'two');
+});
+
+test('the live tree survives closing and reopening the store; removing snapshots frees nothing it shows', async (t) => {
+  const { cas, dir } = createTestStore(t);
+  let f = StrataFs.open(cas);
+  const data = pseudoRandomBytes(1 << 20, 9);
+  f.mkdir('/live/x', 0o700, 0, 0);
+  writeFile(f, '/live/x/f', data);
+  f.symlink('x/f', '/live/l', 0, 0);
+  f.link('/live/x/f', '/live/hard');
+  await f.snapshot('keep');
+  await f.close();
+  cas.close();
+  const cas2 = CasStore.open(dir, { write: true });
+  t.teardown(() => cas2.close());
+  f = StrataFs.open(cas2);
+  t.true(readFile(f, '/live/x/f').equals(data));
+  t.is(f.readlink('/live/l'), 'x/f');
+  t.is((f.getattr('/live/hard') as { nlink: number }).nlink, 2);
+  t.is((f.getattr('/live/x') as { mode: number }).mode & 0o777, 0o700);
+  new (await import('../src/temporal/catalogue.js')).Catalogue(cas2).remove('keep');
+  t.true(readFile(f, '/live/x/f').equals(data));
+});
