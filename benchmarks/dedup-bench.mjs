@@ -305,7 +305,9 @@ const TOOLS = {
       return v;
     },
     init(ctx) {
-      must(exec(process.execPath, [STRATA_BIN, 'init', '--store', ctx.repo]), 'strata init');
+      // The capacity pool only: restic and Borg keep no native copies, so neither does Strata here
+      // (its performance pool trades disk for read speed and is measured by the mount benchmark).
+      must(exec(process.execPath, [STRATA_BIN, 'init', '--store', ctx.repo, '--performance-keep', '0']), 'strata init');
     },
     backup(ctx, v) {
       const target = path.resolve(v.dir, v.target);

@@ -46,7 +46,8 @@ export function temporalOrder(snaps: SnapshotInfo[]): SnapshotInfo[] {
   return out;
 }
 
-export function collectGarbage(cas: CasStore, snapshots: SnapshotInfo[], records: Handle[], opts: GcOptions): GcResult {
+/** `otherRoots`: handles kept alive outside snapshots (catalogue records, the live tree). */
+export function collectGarbage(cas: CasStore, snapshots: SnapshotInfo[], otherRoots: Handle[], opts: GcOptions): GcResult {
   const db = cas.index.db;
   const result: GcResult = { marked: 0, swept: 0, sweptBytes: 0, compactedContainers: 0, movedChunks: 0, deletedContainers: 0, reclaimedBytes: 0 };
   const epoch = Number(cas.index.getMeta('gc_epoch') ?? '0') + 1;
@@ -56,22 +57,27 @@ export function collectGarbage(cas: CasStore, snapshots: SnapshotInfo[], records
   const markStmt = db.prepare('UPDATE chunks SET mark = ? WHERE handle = ? AND mark != ? RETURNING kind');
   const exists = db.prepare('SELECT 1 FROM chunks WHERE handle = ?').pluck();
   const order = temporalOrder(snapshots);
+  // Snapshot roots first (neighbour after neighbour), then catalogue records and whatever else is
+  // kept alive outside snapshots (the live tree of a mount).
+  const roots: { label: string; handle: Handle }[] = [
+    ...order.map((s) => ({ label: `snapshot ${s.name ?? s.id}`, handle: s.root })),
+    ...otherRoots.map((h) => ({ label: 'the live tree or a catalogue record', handle: h })),
+  ];
   cas.index.transaction(() => {
     db.prepare('UPDATE chunks SET mark = ? WHERE kind = ?').run(epoch, ChunkKind.Tombstone);
-    for (const r of records) markStmt.get(epoch, r, epoch);
-    order.forEach((s, i) => {
-      const stack: Handle[] = [s.root];
+    roots.forEach((r, i) => {
+      const stack: Handle[] = [r.handle];
       while (stack.length) {
         const h = stack.pop() as Handle;
         const row = markStmt.get(epoch, h, epoch) as { kind: ChunkKind } | undefined;
         if (!row) {
-          if (!exists.get(h)) throw corrupt(`snapshot ${s.name ?? s.id} references missing chunk ${shortHex(h)}; gc stopped, nothing removed (run 'strata verify')`);
+          if (!exists.get(h)) throw corrupt(`${r.label} references missing chunk ${shortHex(h)}; gc stopped, nothing removed (run 'strata verify')`);
           continue; // already marked: the whole subtree is
         }
         result.marked++;
         for (const c of cas.objects.references(h, row.kind)) stack.push(c);
       }
-      opts.onProgress?.({ phase: 'mark', done: i + 1, total: order.length });
+      opts.onProgress?.({ phase: 'mark', done: i + 1, total: roots.length });
     });
   });
 

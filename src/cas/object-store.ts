@@ -27,8 +27,11 @@ export interface Leaf {
   handle: Handle;
 }
 
-/** Builds one object bottom-up as chunks arrive. */
-class ObjectBuilder {
+/** The predecessor's leaf containing `offset`, or undefined; called with increasing offsets. */
+export type LeafLookup = (offset: number) => Leaf | undefined;
+
+/** Builds one object bottom-up as leaves arrive; `size` is the offset of the next leaf. */
+export class ObjectBuilder {
   private readonly levels: { handles: Handle[]; lengths: number[] }[] = [];
   size = 0;
 
@@ -36,8 +39,33 @@ class ObjectBuilder {
     private readonly chunks: ChunkStore,
     private readonly chunking: Chunking,
     private readonly tree: boolean,
+    /** At least as long as the longest chunk. */
+    private readonly zeros: Buffer,
+    private readonly predecessor: LeafLookup | null = null,
   ) {}
 
+  /**
+   * Stores one chunk as the next leaf: all zeros become a hole; otherwise the predecessor's chunk at
+   * the same offset is compared first (temporal check), then the chunk store deduplicates.
+   */
+  addChunk(chunk: Buffer): void {
+    const len = chunk.length;
+    if (this.zeros.subarray(0, len).equals(chunk)) {
+      this.chunks.noteZero(len);
+      this.add(ZERO_HANDLE, len);
+      return;
+    }
+    const h = hashBytes(chunk);
+    const prev = this.predecessor?.(this.size);
+    if (prev && prev.offset === this.size && prev.length === len && prev.handle.equals(h)) {
+      this.chunks.noteTemporalHit(len);
+    } else {
+      this.chunks.put(h, ChunkKind.Data, chunk);
+    }
+    this.add(h, len);
+  }
+
+  /** Appends a leaf that is already stored (or a hole) as it is. */
   add(handle: Handle, length: number): void {
     this.size += length;
     this.push(0, handle, length);
@@ -114,33 +142,22 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
     return this.write(source, opts.chunking ?? Chunking.Cdc, opts.predecessor ?? null, false, []);
   }
 
+  /** A builder for a file object whose chunks are compared first with `predecessor`'s leaves. */
+  builder(chunking: Chunking, predecessor: LeafLookup | null = null): ObjectBuilder {
+    return new ObjectBuilder(this.chunks, chunking, false, this.zeros, predecessor);
+  }
+
   private write(source: ContentSource | Buffer, chunking: Chunking, predecessor: Handle | null, tree: boolean, extra: Handle[]): ObjectInfo {
     const chunker = createChunker(chunking, this.params);
-    const builder = new ObjectBuilder(this.chunks, chunking, tree);
     const prev = predecessor ? iterateLeaves(this, predecessor) : null;
     let prevLeaf: Leaf | undefined = prev?.next().value ?? undefined;
-    let offset = 0;
-    const take = (chunk: Buffer) => {
-      const len = chunk.length;
-      if (this.zeros.subarray(0, len).equals(chunk)) {
-        this.chunks.noteZero(len);
-        builder.add(ZERO_HANDLE, len);
-        offset += len;
-        return;
-      }
-      const h = hashBytes(chunk);
-      // Temporal check first: the predecessor's chunk at the same offset.
-      while (prev && prevLeaf && prevLeaf.offset + prevLeaf.length <= offset) prevLeaf = prev.next().value ?? undefined;
-      if (prevLeaf && prevLeaf.offset === offset && prevLeaf.length === len && prevLeaf.handle.equals(h)) {
-        this.chunks.noteTemporalHit(len);
-      } else {
-        this.chunks.put(h, ChunkKind.Data, chunk);
-      }
-      builder.add(h, len);
-      offset += len;
-    };
+    const lookup: LeafLookup | null = prev && ((offset) => {
+      while (prevLeaf && prevLeaf.offset + prevLeaf.length <= offset) prevLeaf = prev.next().value ?? undefined;
+      return prevLeaf;
+    });
+    const builder = new ObjectBuilder(this.chunks, chunking, tree, this.zeros, lookup);
     if (Buffer.isBuffer(source)) {
-      for (const c of chunker.write(source)) take(c);
+      for (const c of chunker.write(source)) builder.addChunk(c);
     } else {
       // The chunker copies what it keeps, so one read buffer serves the whole object.
       const buf = Buffer.allocUnsafe(READ_PIECE);
@@ -148,10 +165,10 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
         const n = source.read(buf, pos);
         if (n <= 0) break;
         pos += n;
-        for (const c of chunker.write(n === buf.length ? buf : buf.subarray(0, n))) take(c);
+        for (const c of chunker.write(n === buf.length ? buf : buf.subarray(0, n))) builder.addChunk(c);
       }
     }
-    for (const c of chunker.end()) take(c);
+    for (const c of chunker.end()) builder.addChunk(c);
     return { root: builder.finish(extra), size: builder.size };
   }
 

@@ -14,7 +14,11 @@ export interface StoreConfig {
   format: 1;
   chunker: ChunkerParams;
   containerSize: number;
+  /** Performance pool: files of at least thresholdBytes, for the latest keepPerBranch snapshots per branch (0: off). */
+  performance: { thresholdBytes: number; keepPerBranch: number };
 }
+
+export const DEFAULT_PERFORMANCE = { thresholdBytes: 32 * 1024 * 1024, keepPerBranch: 2 };
 
 export interface OpenOptions {
   /** Take the writer lock (import, rm, gc, rebuild). Readers need no lock. */
@@ -56,6 +60,7 @@ export class CasStore {
       format: 1,
       chunker: overrides.chunker ?? DEFAULT_CHUNKER_PARAMS,
       containerSize: overrides.containerSize ?? DEFAULT_CHUNK_STORE_OPTIONS.containerSize,
+      performance: { ...DEFAULT_PERFORMANCE, ...overrides.performance },
     };
     fs.mkdirSync(path.join(dir, 'containers'));
     new IndexDb(path.join(dir, INDEX)).close();
@@ -73,6 +78,7 @@ export class CasStore {
       throw invalid(`cannot read ${path.join(dir, CONFIG)}: ${(e as Error).message}`);
     }
     if (config.format !== 1) throw invalid(`unsupported store format ${String(config.format)}`);
+    config.performance = { ...DEFAULT_PERFORMANCE, ...config.performance };
     return new CasStore(dir, config, opts.write ?? false, opts.relaxed ?? false);
   }
 

@@ -4,10 +4,12 @@ import { diffEntries, type PathChange } from '../cas/diff.js';
 import { collectGarbage } from '../cas/gc.js';
 import { handleHex } from '../cas/hash.js';
 import { rebuildIndex } from '../cas/rebuild.js';
-import { CasStore } from '../cas/store.js';
+import { CasStore, DEFAULT_PERFORMANCE } from '../cas/store.js';
 import { verifyStore } from '../cas/verify.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { importHostPath } from '../host/import-tree.js';
+import { liveHeldHandles } from '../fs/live-tree.js';
+import { PerformancePool } from '../pools/performance-pool.js';
 import { lookupPath, restoreToHost } from '../host/restore-tree.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
@@ -17,7 +19,9 @@ import { drawTemporalTree } from './log-draw.js';
 
 const USAGE = `usage: strata <command> [options]   (every command takes --store DIR or STRATA_STORE)
 
-  init                              create a store
+  init [--performance-keep N] [--performance-threshold SIZE]
+                                    create a store (performance pool: latest N snapshots per
+                                    branch of files >= SIZE kept natively; defaults 2 and 32M)
   import PATH [--name N] [--parent SNAP] [--chunking cdc|fixed]
                                     store a directory tree or an image file as a snapshot
   ls SNAP[:PATH] [-l]               list a directory of a snapshot
@@ -43,6 +47,15 @@ interface Ctx {
 const out = (s: string) => process.stdout.write(s + '\n');
 const printJson = (v: unknown) => out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x), 2));
 
+async function withStoreAsync<T>(ctx: Ctx, write: boolean, fn: (cas: CasStore, cat: Catalogue) => Promise<T>): Promise<T> {
+  const cas = CasStore.open(ctx.store, { write });
+  try {
+    return await fn(cas, new Catalogue(cas));
+  } finally {
+    cas.close();
+  }
+}
+
 function withStore<T>(ctx: Ctx, write: boolean, fn: (cas: CasStore, cat: Catalogue) => T): T {
   const cas = CasStore.open(ctx.store, { write });
   try {
@@ -63,23 +76,40 @@ function resolveSpec(cas: CasStore, cat: Catalogue, spec: string): { snap: Snaps
   return { snap, entry, rel };
 }
 
+/** "64M", "1G", "4096" -> bytes. */
+function parseSize(s: string): number {
+  const m = /^(\d+)([KMGT]?)i?B?$/i.exec(s.trim());
+  if (!m) throw invalid(`cannot read size '${s}' (use e.g. 4096, 64M, 1G)`);
+  return Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+}
+
 function need(ctx: Ctx, n: number, what: string): void {
   if (ctx.args.length < n) throw invalid(`missing ${what}\n${USAGE}`);
 }
 
-const commands: Record<string, (ctx: Ctx) => void> = {
+const commands: Record<string, (ctx: Ctx) => void | Promise<void>> = {
   init(ctx) {
-    CasStore.init(ctx.store);
+    const keep = ctx.values['performance-keep'];
+    const threshold = ctx.values['performance-threshold'];
+    const performance = { ...DEFAULT_PERFORMANCE };
+    if (keep !== undefined) {
+      performance.keepPerBranch = Number(keep);
+      if (!Number.isInteger(performance.keepPerBranch) || performance.keepPerBranch < 0) throw invalid('--performance-keep must be a whole number (0 turns the performance pool off)');
+    }
+    if (threshold !== undefined) {
+      performance.thresholdBytes = parseSize(threshold as string);
+    }
+    CasStore.init(ctx.store, { performance });
     if (ctx.json) printJson({ store: path.resolve(ctx.store) });
     else out(`initialised store at ${path.resolve(ctx.store)}`);
   },
 
-  import(ctx) {
+  async import(ctx) {
     need(ctx, 1, 'PATH to import');
     const source = path.resolve(ctx.args[0]);
     const chunkingOpt = ctx.values.chunking as string | undefined;
     if (chunkingOpt && chunkingOpt !== 'cdc' && chunkingOpt !== 'fixed') throw invalid(`--chunking must be cdc or fixed`);
-    withStore(ctx, true, (cas, cat) => {
+    await withStoreAsync(ctx, true, async (cas, cat) => {
       const started = Date.now();
       const parent = ctx.values.parent ? cat.get(ctx.values.parent as string) : cat.latestBySource(source) ?? null;
       if (ctx.values.name) cat.checkNewName(ctx.values.name as string); // fail before the work, not after
@@ -103,13 +133,14 @@ const commands: Record<string, (ctx: Ctx) => void> = {
         logicalBytes: res.logicalBytes,
         fileCount: res.fileCount,
       });
+      const pool = await new PerformancePool(cas, cat).update(snap.id);
       const st = cas.chunks.stats;
       const seconds = (Date.now() - started) / 1000;
       const storedBytes = st.storedBytes + 48 * st.newChunks;
       if (ctx.json) {
         printJson({
           id: snap.id, name: snap.name, parent: snap.parent, root: handleHex(snap.root), logicalBytes: res.logicalBytes,
-          storedBytes, files: res.fileCount, dirs: res.dirCount, seconds, dedup: st,
+          storedBytes, files: res.fileCount, dirs: res.dirCount, seconds, dedup: st, performancePool: pool,
         });
       } else {
         out(`snapshot ${snapshotLabel(snap)}${snap.parent ? ` (parent ${snap.parent})` : ''}: ${res.fileCount} files, ${formatBytes(res.logicalBytes)} in ${seconds.toFixed(1)} s`);
@@ -210,6 +241,7 @@ const commands: Record<string, (ctx: Ctx) => void> = {
       if (ctx.json) { printJson(result); return; }
       out(`snapshots          ${result.snapshots}`);
       out(`logical bytes      ${formatBytes(logical)}  (sum over snapshots)`);
+      out(`performance pool   ${formatBytes(result.performanceBytes)}  (native copies of large files)`);
       out(`stored bytes       ${formatBytes(onDisk)}  in ${result.containers} containers (${formatBytes(result.deadBytes)} dead, reclaimable by gc)`);
       out(`unique data        ${formatBytes(result.uniqueDataBytes)} in ${result.dataChunks} chunks; metadata ${formatBytes(result.metadataBytes)} in ${result.metadataChunks} chunks`);
       out(`dedup ratio        ${result.dedupRatio.toFixed(2)}  (logical / stored)`);
@@ -221,8 +253,9 @@ const commands: Record<string, (ctx: Ctx) => void> = {
 
   rm(ctx) {
     need(ctx, 1, 'SNAP');
-    withStore(ctx, true, (_cas, cat) => {
+    withStore(ctx, true, (cas, cat) => {
       const r = cat.remove(ctx.args[0]);
+      new PerformancePool(cas, cat).prune();
       if (ctx.json) printJson({ removed: r.removed.id, reparented: r.reparented, freedChunks: r.freed.chunks, freedBytes: r.freed.storedBytes });
       else {
         out(`removed ${snapshotLabel(r.removed)}; ${r.freed.chunks} chunks (${formatBytes(r.freed.storedBytes)}) are now free for 'strata gc'`);
@@ -236,7 +269,7 @@ const commands: Record<string, (ctx: Ctx) => void> = {
     if (!(threshold >= 0 && threshold <= 1)) throw invalid('--threshold must be a fraction between 0 and 1');
     withStore(ctx, true, (cas, cat) => {
       const progress = new Progress();
-      const r = collectGarbage(cas, cat.list(), cat.recordHandles(), {
+      const r = collectGarbage(cas, cat.list(), [...cat.recordHandles(), ...liveHeldHandles(cas.index.db)], {
         threshold,
         onProgress: (p) => progress.update(`gc ${p.phase}: ${p.done}/${p.total}`),
       });
@@ -296,7 +329,7 @@ function writeAllSync(fd: number, buf: Buffer): void {
 import fsModule from 'node:fs';
 const require_fs = () => fsModule;
 
-export function main(argv: string[]): number {
+export async function main(argv: string[]): Promise<number> {
   // `strata cat ... | head` closes the pipe early: that is not an error.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); throw e; });
   let parsed;
@@ -313,6 +346,8 @@ export function main(argv: string[]): number {
         long: { type: 'boolean', short: 'l' },
         threshold: { type: 'string' },
         sample: { type: 'string' },
+        'performance-keep': { type: 'string' },
+        'performance-threshold': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -336,7 +371,7 @@ export function main(argv: string[]): number {
     return 2;
   }
   try {
-    fn({ store, json: Boolean(parsed.values.json), values: parsed.values, args });
+    await fn({ store, json: Boolean(parsed.values.json), values: parsed.values, args });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     if (isStrataError(e)) {

@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS live_links (grp INTEGER PRIMARY KEY, ino INTEGER NOT 
 
 export const ROOT_INO = 1;
 
+/** Handles a (possibly unmounted) store's live tree keeps alive; none if it was never mounted. */
+export function liveHeldHandles(db: Database.Database): Handle[] {
+  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'live_inodes'").get();
+  return has ? (db.prepare('SELECT content FROM live_inodes WHERE content IS NOT NULL').pluck().all() as Buffer[]) : [];
+}
+
 export interface Inode {
   ino: number;
   type: EntryType;
@@ -213,10 +219,6 @@ export class LiveTree {
     releaseRefs(this.cas, held);
   }
 
-  /** Handles the live tree keeps alive (gc treats them as roots). */
-  heldHandles(): Handle[] {
-    return this.db.prepare('SELECT content FROM live_inodes WHERE content IS NOT NULL').pluck().all() as Buffer[];
-  }
 
   /** Removes inodes left unlinked (open-but-unlinked files of a daemon that died). */
   collectOrphans(): number {

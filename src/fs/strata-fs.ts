@@ -9,6 +9,7 @@ import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntr
 import { FileBuffer } from './file-buffer.js';
 import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
 import { rewriteContent } from './rewrite-content.js';
+import { PerformancePool, type PerformanceSettings } from '../pools/performance-pool.js';
 
 // The mounted namespace:
 //   live/                      the writable live tree
@@ -37,7 +38,7 @@ const LIVE_TIMEOUT = 1;
 
 type Handle_ =
   | { kind: 'live'; ino: number; flags: number }
-  | { kind: 'view'; entry: TreeEntry }
+  | { kind: 'view'; entry: TreeEntry; native: boolean }
   | { kind: 'data'; data: Buffer };
 
 const erofs = () => new StrataError('EROFS', 'read-only view');
@@ -57,6 +58,7 @@ function viewIno(key: string): number {
 export class StrataFs implements Namespace {
   readonly cat: Catalogue;
   readonly live: LiveTree;
+  readonly pool: PerformancePool;
   private readonly buffers = new Map<number, FileBuffer>();
   private readonly openCount = new Map<number, number>();
   private readonly handles = new Map<number, Handle_>();
@@ -64,15 +66,16 @@ export class StrataFs implements Namespace {
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
 
-  private constructor(readonly cas: CasStore) {
+  private constructor(readonly cas: CasStore, settings?: PerformanceSettings) {
     this.cat = new Catalogue(cas);
     this.live = new LiveTree(cas);
+    this.pool = new PerformancePool(cas, this.cat, settings);
     this.live.transaction(() => this.live.collectOrphans());
   }
 
   /** Serves a store opened for writing (the caller holds the lock and closes the store). */
-  static open(cas: CasStore): StrataFs {
-    return new StrataFs(cas);
+  static open(cas: CasStore, settings?: PerformanceSettings): StrataFs {
+    return new StrataFs(cas, settings);
   }
 
   /** The snapshot the live tree descends from (the parent of its next snapshot). */
@@ -87,10 +90,15 @@ export class StrataFs implements Namespace {
     return { area: parts[0] ?? '', parts: parts.slice(1) };
   }
 
-  /** Resolves a snapshot view path: area pools/capacity, at, or tree/NAME/data is a symlink. */
-  private view(area: string, parts: string[]): { snap: SnapshotInfo; rest: string[] } | null {
-    if (area === 'pools' && parts[0] === 'capacity' && parts.length >= 2) return { snap: this.snapByName(parts[1]), rest: parts.slice(2) };
-    if (area === 'at' && parts.length >= 1) return { snap: this.snapAt(parts[0]), rest: parts.slice(1) };
+  /** Resolves a snapshot view path (pools/capacity/NAME, pools/performance/NAME, at/TIME). */
+  private view(area: string, parts: string[]): { snap: SnapshotInfo; rest: string[]; native: boolean } | null {
+    if (area === 'pools' && parts[0] === 'capacity' && parts.length >= 2) return { snap: this.snapByName(parts[1]), rest: parts.slice(2), native: false };
+    if (area === 'pools' && parts[0] === 'performance' && parts.length >= 2) {
+      const snap = this.snapByName(parts[1]);
+      if (!this.pool.snapshots().includes(snap.id)) throw notFound(`snapshot ${parts[1]} in the performance pool`);
+      return { snap, rest: parts.slice(2), native: true };
+    }
+    if (area === 'at' && parts.length >= 1) return { snap: this.snapAt(parts[0]), rest: parts.slice(1), native: false };
     return null;
   }
 
@@ -207,7 +215,7 @@ export class StrataFs implements Namespace {
       case 'live': return this.attrOfInode(this.resolve(parts));
       case 'stats.json': if (parts.length) throw notFound(path); return this.synthetic('file', path, this.statsJson().length);
       case 'pools':
-        if (parts.length === 0 || (parts.length === 1 && parts[0] === 'capacity')) return this.synthetic('dir', path);
+        if (parts.length === 0 || (parts.length === 1 && (parts[0] === 'capacity' || parts[0] === 'performance'))) return this.synthetic('dir', path);
         break;
       case 'at':
         if (parts.length === 0) return this.synthetic('dir', path);
@@ -249,8 +257,12 @@ export class StrataFs implements Namespace {
         return this.live.list(d).map((e) => e.name.toString());
       }
       case 'pools':
-        if (parts.length === 0) return ['capacity'];
+        if (parts.length === 0) return ['capacity', 'performance'];
         if (parts.length === 1 && parts[0] === 'capacity') return this.cat.list().map(this.label);
+        if (parts.length === 1 && parts[0] === 'performance') {
+          const held = new Set(this.pool.snapshots());
+          return this.cat.list().filter((x) => held.has(x.id)).map(this.label);
+        }
         break;
       case 'at':
         if (parts.length === 0) return this.cat.list().map((s) => new Date(s.createdMs).toISOString());
@@ -311,13 +323,16 @@ export class StrataFs implements Namespace {
     if (writing) throw erofs();
     const e = this.viewEntry(v.snap, v.rest);
     if (e.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
-    return this.addHandle({ kind: 'view', entry: e });
+    return this.addHandle({ kind: 'view', entry: e, native: v.native });
   }
 
   read(fh: number, offset: number, length: number): Buffer {
     const h = this.handle(fh);
     if (h.kind === 'data') return h.data.subarray(Math.min(offset, h.data.length), Math.min(offset + length, h.data.length));
-    if (h.kind === 'view') return h.entry.content ? this.cas.objects.readObject(h.entry.content, offset, length) : Buffer.alloc(0);
+    if (h.kind === 'view') {
+      if (!h.entry.content) return Buffer.alloc(0);
+      return h.native ? this.pool.read(h.entry.content, offset, length) : this.cas.objects.readObject(h.entry.content, offset, length);
+    }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
     if (b) return b.read(this.cas.objects, offset, length);
@@ -637,6 +652,8 @@ export class StrataFs implements Namespace {
     const snap = this.cat.create({ name: name ?? null, parent: parent?.id ?? null, source: null, entry, ...totals });
     this.cas.index.durable(() => this.cas.index.setMeta('live_head', snap.id));
     this.statsCache = null;
+    // The performance pool catches up in the background; its view appears when it is done.
+    this.pool.schedule(snap.id).catch((e: Error) => process.emitWarning(`performance pool update for ${snap.id} failed: ${e.message}`));
     return snap;
   }
 
@@ -717,6 +734,8 @@ export class StrataFs implements Namespace {
   /** Flushes everything; the caller closes the store. */
   async close(): Promise<void> {
     await this.flushAll(true);
+    await this.pool.idle();
+    this.pool.close();
   }
 
   private addHandle(h: Handle_): number {

@@ -85,7 +85,8 @@ export function decodeTimes(atime: number, mtime: number, now = Date.now()): { a
   return { atimeMs: a ? undefined : atime, mtimeMs: m ? undefined : mtime };
 }
 
-type Answer = (...args: unknown[]) => void;
+/** Any fuse-native callback: every one takes a number (0, a count or a negative errno) first. */
+type Answer = (code: number, ...rest: never[]) => void;
 
 /**
  * Builds the fuse-native operations object for `ns`. `log` receives one line per unexpected
@@ -120,7 +121,7 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
         return fail(e);
       }
       answered = true;
-      cb(...args);
+      (cb as (...a: unknown[]) => void)(...args);
     };
     let result: T | Promise<T>;
     try {

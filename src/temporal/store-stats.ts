@@ -1,12 +1,15 @@
 import type { CasStore } from '../cas/store.js';
+import { performanceDiskBytes } from '../pools/performance-pool.js';
 import type { Catalogue } from './catalogue.js';
 
 export interface StoreStats {
   snapshots: number;
   /** Sum of the snapshots' logical sizes. */
   logicalBytes: number;
-  /** Container bytes on disk. */
+  /** Container bytes on disk (the capacity pool). */
   storedBytes: number;
+  /** Native copies in the performance pool (allocated bytes). */
+  performanceBytes: number;
   uniqueDataBytes: number;
   dataChunks: number;
   metadataChunks: number;
@@ -34,6 +37,7 @@ export function storeStats(cas: CasStore, cat: Catalogue, opts: { perSnapshot: b
     snapshots: snaps.length,
     logicalBytes: logical,
     storedBytes: onDisk,
+    performanceBytes: performanceDiskBytes(cas.dir),
     uniqueDataBytes: agg.raw,
     dataChunks: agg.n,
     metadataChunks: meta.n,

@@ -1,0 +1,352 @@
+// The mount daemon: owns one store (its writer lock), serves it over FUSE and answers the control
+// socket. Started by `strata mount` (detached, stdio to STORE/daemon.log), by `strata mount
+// --foreground`, by systemd, or directly:
+//
+//   node dist/src/daemon/daemon.js --store DIR --mountpoint MNT [--foreground]
+//   node dist/src/daemon/daemon.js MNT --store DIR            (the fuse test harness's convention)
+//
+// Life cycle: lock the store -> open the filesystem -> clear a dead mount left at MNT -> mount ->
+// control socket -> serve. SIGTERM, SIGINT, a control `unmount`, the mount disappearing (umount
+// by someone else) or a closed IPC channel (a test parent that died) stop it: flush everything,
+// unmount, close the filesystem and the store (which releases the lock), remove the pid file and
+// the socket. The process never touches its own mount synchronously: its event loop must stay
+// free to answer the kernel.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type net from 'node:net';
+import Fuse from 'fuse-native';
+import { handleHex } from '../cas/hash.js';
+import { CasStore } from '../cas/store.js';
+import { invalid, isStrataError, StrataError } from '../errors.js';
+import { buildFuseOps } from '../fuse/fuse-ops.js';
+import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
+import type { Namespace, SnapshotInfo } from '../types.js';
+import { daemonFiles, explainLockError, serveControl, type ControlHandlers, type StatusResult } from './control-protocol.js';
+
+/** What the daemon needs of a filesystem besides the FUSE operations. StrataFs provides it. */
+export interface MountableFs extends Namespace {
+  snapshot(name?: string | null): Promise<SnapshotInfo>;
+  branch(ref: string): Promise<void>;
+  flushAll(): Promise<void>;
+  /** Flushes everything and releases the filesystem's resources. */
+  close(): Promise<void>;
+}
+
+export interface DaemonOptions {
+  store: string;
+  mountpoint: string;
+  /** Also write log lines to stderr (an interactive or systemd --foreground run). */
+  foreground?: boolean;
+}
+
+/** JSON form of a snapshot for the control socket and the CLI. */
+export const snapshotJson = (s: SnapshotInfo) => ({ ...s, root: handleHex(s.root) });
+
+/**
+ * Per-request answer deadlines (fuse-native answers ETIMEDOUT to the kernel when one passes).
+ * Flushing calls may write a whole file's buffered data, so they get far longer than lookups.
+ */
+const FUSE_TIMEOUTS = { default: 60_000, flush: 600_000, fsync: 600_000, release: 600_000 };
+/** How often the daemon checks that its mount is still there (someone may umount it directly). */
+const MOUNT_WATCH_MS = 1000;
+/** At most this many FUSE failure lines per window, so a failing disk cannot flood the log. */
+const LOG_BURST = 200;
+const LOG_WINDOW_MS = 10_000;
+
+/**
+ * Runs the daemon until it stops; resolves to the process exit code (0 after a clean stop, 1 when
+ * it could not mount or could not flush). Never rejects: failures are logged as `error: ...` lines.
+ */
+export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  const store = path.resolve(opts.store);
+  const mountpoint = path.resolve(opts.mountpoint);
+  const files = daemonFiles(store);
+  const log = openLog(files.log, Boolean(opts.foreground));
+
+  let cas: CasStore | null = null;
+  let mounted: MountableFs | null = null;
+  let wrotePid = false;
+  const cleanup = async () => {
+    if (mounted) await mounted.close().catch((e) => log.line(`error: closing the filesystem: ${describe(e)}`));
+    try { cas?.close(); } catch (e) { log.line(`error: closing the store: ${describe(e)}`); }
+    if (wrotePid) removeIfOurs(files.pid);
+  };
+
+  let fuse: Fuse;
+  let attempted = false;
+  try {
+    checkMountpoint(mountpoint);
+    try {
+      cas = CasStore.open(store, { write: true });
+    } catch (e) {
+      throw explainLockError(store, e);
+    }
+    fs.writeFileSync(files.pid, `${process.pid}\n`);
+    wrotePid = true;
+    await clearDeadMount(mountpoint, log.line);
+    checkEmpty(mountpoint);
+    mounted = await openFilesystem(cas);
+    fuse = new Fuse(mountpoint, buildFuseOps(mounted, log.limited), { timeout: FUSE_TIMEOUTS });
+    // The high-level libfuse2 API has no per-path cache lifetimes, so the root's applies everywhere
+    // (the live tree needs it short; read-only views would tolerate longer).
+    const ttl = Math.max(0, mounted.cacheTimeout('/'));
+    applyMountOptions(fuse, [
+      ...FUSE_MOUNT_DEFAULTS,
+      'use_ino', // st_ino is the namespace's deterministic inode number
+      `attr_timeout=${ttl}`,
+      `entry_timeout=${ttl}`,
+      `fsname=${fsnameFor(store)}`,
+      'subtype=strata', // the mount table shows type fuse.strata, which `strata unmount` looks for
+    ]);
+    attempted = true;
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  } catch (e) {
+    const message = isStrataError(e) ? e.message : (e as Error).message === 'fuse failed'
+      ? `libfuse refused to mount ${mountpoint} (its own message is in the lines above in ${files.log})`
+      : describe(e);
+    log.line(`error: cannot mount ${store} at ${mountpoint}: ${message}`);
+    // fuse-native can fail after the kernel mount exists (fuse_new rejecting an option).
+    if (attempted) await unmountQuietly(mountpoint).catch((u) => log.line(`error: ${describe(u)}`));
+    await cleanup();
+    log.close();
+    return 1;
+  }
+
+  const startedMs = Date.now();
+  let stopping: Promise<number> | null = null;
+  let finished: (code: number) => void = () => undefined;
+  const done = new Promise<number>((resolve) => { finished = resolve; });
+  let server: net.Server | null = null;
+  let watcher: NodeJS.Timeout | null = null;
+  const fsRef = mounted;
+  const stop = (reason: string): Promise<number> => (stopping ??= (async () => {
+    log.line(`stopping: ${reason}`);
+    if (watcher) clearInterval(watcher);
+    let code = 0;
+    try {
+      await fsRef.flushAll();
+    } catch (e) {
+      code = 1;
+      log.line(`error: flushing before unmount: ${describe(e)}`);
+    }
+    await new Promise<void>((resolve) => fuse.unmount((err) => {
+      if (err && isMounted(mountpoint)) log.line(`fuse unmount: ${err.message}; trying fusermount/umount`);
+      resolve();
+    }));
+    await unmountQuietly(mountpoint).catch((e) => { code = 1; log.line(`error: ${describe(e)}`); });
+    server?.close();
+    fs.rmSync(files.socket, { force: true });
+    try {
+      await fsRef.close();
+    } catch (e) {
+      code = 1;
+      log.line(`error: closing the filesystem: ${describe(e)}`);
+    }
+    try { cas!.close(); } catch (e) { code = 1; log.line(`error: closing the store: ${describe(e)}`); }
+    removeIfOurs(files.pid);
+    log.line(`stopped (exit ${code})`);
+    log.close();
+    finished(code);
+    return code;
+  })());
+
+  // Control commands that change state run one at a time.
+  let queue: Promise<unknown> = Promise.resolve();
+  const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = queue.then(fn, fn);
+    queue = run.catch(() => undefined);
+    return run;
+  };
+  const notStopping = () => { if (stopping) throw new StrataError('ELOCKED', 'the daemon is unmounting'); };
+  const handlers: ControlHandlers = {
+    status: (): StatusResult => ({ pid: process.pid, mountpoint, store, startedMs }),
+    snapshot: ({ name }) => exclusive(async () => {
+      notStopping();
+      const s = await fsRef.snapshot(name);
+      log.line(`snapshot ${s.id}${s.name ? ` (${s.name})` : ''}`);
+      return snapshotJson(s);
+    }),
+    branch: ({ ref }) => exclusive(async () => {
+      notStopping();
+      await fsRef.branch(ref);
+      log.line(`live tree branched from ${ref}`);
+      return { ref };
+    }),
+    flush: () => exclusive(async () => { notStopping(); await fsRef.flushAll(); return {}; }),
+    unmount: () => exclusive(async () => {
+      // Flushed while still mounted, so a failure is reported and the mount stays usable.
+      if (!stopping) await fsRef.flushAll();
+      setImmediate(() => void stop('unmount requested'));
+      return { pid: process.pid };
+    }),
+  };
+
+  try {
+    server = await serveControl(files.socket, handlers, log.line);
+  } catch (e) {
+    log.line(`error: control socket ${files.socket}: ${describe(e)}`);
+    return stop('no control socket');
+  }
+  log.line(`mounted ${store} at ${mountpoint} (pid ${process.pid})`);
+
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => log.line('SIGHUP ignored (stop with SIGTERM or strata unmount)'));
+  if (process.connected) process.once('disconnect', () => void stop('parent process went away'));
+  watcher = setInterval(() => {
+    if (!stopping && !isMounted(mountpoint)) void stop(`${mountpoint} was unmounted by someone else`);
+  }, MOUNT_WATCH_MS);
+  watcher.unref();
+
+  // Keeps the process alive until a stop completes: the FUSE thread does not hold the event loop.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  const code = await done;
+  clearInterval(keepAlive);
+  return code;
+}
+
+/** Opens the filesystem to serve: StrataFs, or the in-memory test tree under STRATA_TEST_NAMESPACE=mem. */
+async function openFilesystem(cas: CasStore): Promise<MountableFs> {
+  if (process.env.STRATA_TEST_NAMESPACE === 'mem') {
+    // Test-only: lets the daemon, control socket and CLI be tested without the real filesystem.
+    const spec = '../../test/fixtures/mem-namespace.js';
+    const { MemNamespace } = (await import(spec)) as { MemNamespace: new () => MountableFs };
+    return new MemNamespace();
+  }
+  const spec = '../fs/strata-fs.js';
+  const { StrataFs } = (await import(spec)) as { StrataFs: { open(cas: CasStore): MountableFs } };
+  return StrataFs.open(cas);
+}
+
+function checkMountpoint(mountpoint: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(mountpoint);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new StrataError('ENOENT', `mountpoint ${mountpoint} does not exist`);
+    // ENOTCONN: a dead FUSE mount, cleared once the lock is held.
+    if (code === 'ENOTCONN') return;
+    throw invalid(`mountpoint ${mountpoint}: ${(e as Error).message}`);
+  }
+  if (!st.isDirectory()) throw new StrataError('ENOTDIR', `mountpoint ${mountpoint} is not a directory`);
+}
+
+/** libfuse2 refuses a non-empty mountpoint with a cryptic message; say it plainly first. */
+function checkEmpty(mountpoint: string): void {
+  if (fs.readdirSync(mountpoint).length > 0) throw invalid(`mountpoint ${mountpoint} is not empty`);
+}
+
+/**
+ * A daemon killed with SIGKILL leaves its mount behind, answering ENOTCONN. Clears that; refuses
+ * a mountpoint where a live filesystem is mounted.
+ */
+async function clearDeadMount(mountpoint: string, log: (msg: string) => void): Promise<void> {
+  if (!isMounted(mountpoint)) return;
+  // Asynchronous with a deadline: the mount belongs to another process that may be hung.
+  const probe = await Promise.race([
+    fs.promises.stat(mountpoint).then(() => 'alive', (e: NodeJS.ErrnoException) => e.code ?? 'error'),
+    new Promise<string>((resolve) => setTimeout(resolve, 5000, 'hung').unref()),
+  ]);
+  if (probe !== 'ENOTCONN' && probe !== 'hung') {
+    throw new StrataError('EEXIST', `${mountpoint} is already a mount point; unmount it first`);
+  }
+  log(`clearing a dead mount at ${mountpoint} (${probe === 'hung' ? 'its server does not answer' : 'its server is gone'})`);
+  await unmountQuietly(mountpoint);
+}
+
+/** The mount's source as /proc/mounts shows it: the store path when libfuse can carry it. */
+function fsnameFor(store: string): string {
+  return /^[^,\\\s]+$/.test(store) ? store : 'strata';
+}
+
+function removeIfOurs(pidFile: string): void {
+  try {
+    if (Number.parseInt(fs.readFileSync(pidFile, 'utf8'), 10) === process.pid) fs.rmSync(pidFile, { force: true });
+  } catch {
+    // already gone
+  }
+}
+
+const describe = (e: unknown) => (isStrataError(e) ? e.message : e instanceof Error ? e.stack ?? e.message : String(e));
+
+interface Log {
+  /** Appends one timestamped line. */
+  line(msg: string): void;
+  /** Like line(), but rate-limited (for per-request failures). */
+  limited(msg: string): void;
+  close(): void;
+}
+
+/**
+ * The daemon log: STORE/daemon.log, appended to (the detached daemon's stderr is the same file, so
+ * libfuse's own messages land there too). In the foreground, lines also go to stderr.
+ */
+function openLog(file: string, foreground: boolean): Log {
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(file, 'a', 0o600);
+  } catch {
+    // No store directory: stderr is all there is, and the open fails with a clear message later.
+  }
+  const toStderr = foreground || fd === null;
+  let windowStart = 0;
+  let inWindow = 0;
+  let suppressed = 0;
+  const line = (msg: string) => {
+    const text = `${new Date().toISOString()} [${process.pid}] ${msg.replace(/\n/g, '\n    ')}\n`;
+    if (fd !== null) {
+      try { fs.writeSync(fd, text); } catch { /* a full disk must not stop the daemon */ }
+    }
+    if (toStderr) process.stderr.write(`strata-daemon: ${msg}\n`);
+  };
+  return {
+    line,
+    limited(msg) {
+      const now = Date.now();
+      if (now - windowStart > LOG_WINDOW_MS) {
+        if (suppressed) line(`(${suppressed} similar lines suppressed)`);
+        windowStart = now;
+        inWindow = 0;
+        suppressed = 0;
+      }
+      if (++inWindow <= LOG_BURST) line(msg);
+      else suppressed++;
+    },
+    close() {
+      if (fd !== null) fs.closeSync(fd);
+      fd = null;
+    },
+  };
+}
+
+/** Command-line entry: parses the arguments, runs, and exits with the daemon's code. */
+async function main(argv: string[]): Promise<void> {
+  let store: string | undefined;
+  let mountpoint: string | undefined;
+  let foreground = false;
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { store: { type: 'string' }, mountpoint: { type: 'string' }, foreground: { type: 'boolean' } },
+    });
+    store = values.store ?? process.env.STRATA_STORE;
+    mountpoint = values.mountpoint ?? positionals[0];
+    foreground = Boolean(values.foreground);
+    if (!store || !mountpoint || positionals.length > 1) throw new Error('usage: daemon.js --store DIR --mountpoint MNT [--foreground]');
+  } catch (e) {
+    process.stderr.write(`strata-daemon: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  const code = await runDaemon({ store, mountpoint, foreground });
+  process.exitCode = code;
+  // fuse-native may keep a handle open after unmounting; do not linger because of it.
+  setTimeout(() => process.exit(code), 1000).unref();
+}
+
+const entry = process.argv[1] ? fs.realpathSync(process.argv[1]) : '';
+if (entry === fileURLToPath(import.meta.url)) void main(process.argv.slice(2));

@@ -1,0 +1,71 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { StrataFs } from '../src/fs/strata-fs.js';
+import { retained } from '../src/pools/performance-pool.js';
+import { createTestStore } from './helpers/store.js';
+import { pseudoRandomBytes } from './helpers/tmp.js';
+
+const O_RDWR = 2;
+const MiB = 1 << 20;
+
+function writeAt(f: StrataFs, p: string, data: Buffer, offset: number, create = false): void {
+  const fh = (create ? f.create(p, 0o644, O_RDWR, 0, 0) : f.open(p, O_RDWR)) as number;
+  f.write(fh, data, offset);
+  f.release(fh);
+}
+
+function readAll(f: StrataFs, p: string): Buffer {
+  const fh = f.open(p, 0) as number;
+  const out = f.read(fh, 0, (f.getattr(p) as { size: number }).size) as Buffer;
+  f.release(fh);
+  return out;
+}
+
+test('retention keeps the latest snapshots of every branch', (t) => {
+  const s = (id: string, parent: string | null) => ({ id, parent }) as never;
+  const keep = retained([s('a', null), s('b', 'a'), s('c', 'b'), s('d', 'b'), s('e', 'd')], 2);
+  t.deepEqual([...keep].sort(), ['b', 'c', 'd', 'e']);
+});
+
+test('performance views hold large files natively, update incrementally, and read the same bytes as capacity views', async (t) => {
+  const { cas } = createTestStore(t);
+  const f = StrataFs.open(cas);
+  const img = pseudoRandomBytes(40 * MiB, 3);
+  writeAt(f, '/live/disk.img', img, 0, true);
+  writeAt(f, '/live/small.txt', Buffer.from('small'), 0, true);
+  const s1 = await f.snapshot('s1');
+  await f.pool.idle();
+  t.deepEqual(f.readdir('/pools/performance'), ['s1']);
+  t.true(readAll(f, '/pools/performance/s1/disk.img').equals(readAll(f, '/pools/capacity/s1/disk.img')));
+  t.true(readAll(f, '/pools/performance/s1/disk.img').equals(img));
+  t.is(readAll(f, '/pools/performance/s1/small.txt').toString(), 'small');
+
+  // Generation 2: one block changes; the pool writes only the changed extents.
+  writeAt(f, '/live/disk.img', Buffer.alloc(4096, 7), 20 * MiB);
+  img.fill(7, 20 * MiB, 20 * MiB + 4096);
+  await f.snapshot('s2');
+  const u = await f.pool.schedule((await f.snapshot('s3')).id); // s3: nothing changed
+  t.is(u?.bytesWritten, 0);
+  const s2files = f.readdir('/pools/performance');
+  t.deepEqual(s2files, ['s2', 's3'], 'only the latest two of the branch are kept');
+  t.true(readAll(f, '/pools/performance/s2/disk.img').equals(img));
+  t.is(f.readdir('/pools/capacity').length, 3);
+  t.is(fs.readdirSync(f.pool.dir).length, 1, 's2 and s3 share one native file; s1\'s was recycled');
+  t.not(s1.id, undefined);
+
+  // A damaged native copy is detected on read and never served.
+  const file = path.join(f.pool.dir, fs.readdirSync(f.pool.dir)[0]);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 5 * MiB);
+  fs.closeSync(fd);
+  const warnings: string[] = [];
+  const onWarn = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarn);
+  t.teardown(() => process.off('warning', onWarn));
+  const fresh = StrataFs.open(cas); // no verified-chunk memory
+  t.true(readAll(fresh, '/pools/performance/s2/disk.img').equals(img));
+  await new Promise((r) => setImmediate(r));
+  t.true(warnings.some((w) => w.includes('damaged')), warnings.join('\n'));
+  t.false(fresh.pool.holds(cas.objects.readTree(cas.objects.readTree(fresh.cat.get('s2').root)[0].content!).find((e) => e.name.toString() === 'disk.img')!.content!));
+});
