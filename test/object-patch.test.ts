@@ -249,6 +249,17 @@ test('a hole starting in the last slot of a full node is split as writeObject sp
   }
 });
 
+test('a chunking other than the base\'s re-chunks everything but still skips known zeros', (t) => {
+  const { cas } = createTestStore(t, { small: true });
+  const data = content(7, 150_000);
+  const base = cas.objects.writeObject(data, { chunking: Chunking.Cdc });
+  const patch = { offset: 70_000, data: Buffer.from('switch') };
+  const out = patchObject(cas.objects, base.root, [patch], 400_000, Chunking.Fixed);
+  const ref = applyPatches(data, [patch], 400_000);
+  t.is(cas.objects.node(out.root!).chunking, Chunking.Fixed);
+  t.true(out.root!.equals(cas.objects.writeObject(ref, { chunking: Chunking.Fixed }).root!));
+});
+
 test('bad sizes and offsets are EINVAL', (t) => {
   const { cas } = createTestStore(t, { small: true });
   t.true(isStrataError(t.throws(() => patchObject(cas.objects, null, [], -1)), 'EINVAL'));

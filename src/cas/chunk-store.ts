@@ -125,7 +125,13 @@ export class ChunkStore {
     }
     const { codec, payload } = compressChunk(raw);
     const w = this.currentWriter();
-    const rec = w.append(handle, kind, codec, raw.length, payload);
+    let rec;
+    try {
+      rec = w.append(handle, kind, codec, raw.length, payload);
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
     const loc: ChunkLocation = {
       container: rec.container, offset: rec.offset, storedLength: rec.storedLength,
       rawLength: rec.rawLength, codec: rec.codec, kind: rec.kind,
@@ -154,7 +160,12 @@ export class ChunkStore {
    * buffered reference changes and `extra` (e.g. a snapshot row) in one transaction.
    */
   commit(extra?: () => void, durable = false): void {
-    this.writer?.sync();
+    try {
+      this.writer?.sync();
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
     const pending = [...this.pending.values()];
     const refs = [...this.pendingRefs.values()];
     const sealed = this.sealedSinceCommit.splice(0);
@@ -165,6 +176,19 @@ export class ChunkStore {
       extra?.();
     });
     for (const p of pending) this.locations.set(handleKey(p.handle), p.loc);
+    this.pending.clear();
+    this.pendingRefs.clear();
+    this.pendingBytes = 0;
+  }
+
+  /**
+   * Forgets the uncommitted batch after a write or sync failure (a full disk, an I/O error): its
+   * chunks were never acknowledged, the caller still holds their data and may try again; the
+   * container they went to is left as it is (gc removes it).
+   */
+  abort(): void {
+    this.writer?.abandon();
+    this.writer = null;
     this.pending.clear();
     this.pendingRefs.clear();
     this.pendingBytes = 0;

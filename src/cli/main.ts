@@ -16,6 +16,7 @@ import { storeStats } from '../temporal/store-stats.js';
 import { Chunking, type SnapshotInfo, type TreeEntry } from '../types.js';
 import { displayPath, formatBytes, isoTime, jsonPath, modeString, Progress, snapshotLabel } from './format.js';
 import { drawTemporalTree } from './log-draw.js';
+import { explainLockError, MOUNT_OPTIONS, MOUNT_USAGE, mountCommands } from './mount-commands.js';
 
 const USAGE = `usage: strata <command> [options]   (every command takes --store DIR or STRATA_STORE)
 
@@ -34,6 +35,7 @@ const USAGE = `usage: strata <command> [options]   (every command takes --store 
   gc [--threshold F]                reclaim space of removed data; compact sparse containers
   verify [--sample PERCENT]         re-read and re-hash stored data
   index rebuild                     rebuild the index from the containers alone
+${MOUNT_USAGE}
 
   --json    machine-readable output`;
 
@@ -349,6 +351,7 @@ export async function main(argv: string[]): Promise<number> {
         'performance-keep': { type: 'string' },
         'performance-threshold': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        ...MOUNT_OPTIONS,
       },
     });
   } catch (e) {
@@ -359,6 +362,14 @@ export async function main(argv: string[]): Promise<number> {
   if (!cmd || parsed.values.help) {
     out(USAGE);
     return cmd || parsed.values.help ? 0 : 2;
+  }
+  // Mount commands find their store themselves: mount takes it as a positional, unmount reads it
+  // from the mount table.
+  if (Object.hasOwn(mountCommands, cmd)) {
+    return mountCommands[cmd]({
+      store: (parsed.values.store as string | undefined) ?? process.env.STRATA_STORE,
+      json: Boolean(parsed.values.json), values: parsed.values, args,
+    });
   }
   const fn = commands[cmd];
   if (!fn) {
@@ -373,7 +384,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await fn({ store, json: Boolean(parsed.values.json), values: parsed.values, args });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
-  } catch (e) {
+  } catch (thrown) {
+    const e = explainLockError(store, thrown); // "store is mounted at MNT by process N" when it is
     if (isStrataError(e)) {
       process.stderr.write(`strata: ${e.message}\n`);
       return e.code === 'EINVAL' ? 2 : 1;

@@ -12,7 +12,9 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { handleHex } from '../cas/hash.js';
 import { invalid, isStrataError, StrataError, type ErrorCode } from '../errors.js';
+import type { SnapshotInfo } from '../types.js';
 
 /** Files a daemon keeps in its store directory. */
 export function daemonFiles(store: string): { socket: string; pid: string; log: string; lock: string } {
@@ -34,6 +36,10 @@ export interface ControlArgs {
   unmount: Record<string, never>;
 }
 export type ControlCommand = keyof ControlArgs;
+
+/** A snapshot as the control socket and `--json` output carry it (the root handle in hex). */
+export type SnapshotJson = Omit<SnapshotInfo, 'root'> & { root: string };
+export const snapshotJson = (s: SnapshotInfo): SnapshotJson => ({ ...s, root: handleHex(s.root) });
 
 export interface StatusResult {
   pid: number;
@@ -193,6 +199,14 @@ function checkSocketPath(socketPath: string): void {
   }
 }
 
+/** No daemon serves the store (no socket, or nobody listening on it). */
+export class NotMountedError extends StrataError {
+  constructor(storeDir: string, socketPath: string) {
+    super('ENOENT', `store ${path.resolve(storeDir)} is not mounted (no daemon listens on ${socketPath})`);
+  }
+}
+export const isNotMounted = (e: unknown): e is NotMountedError => e instanceof NotMountedError;
+
 let nextId = 1;
 
 /**
@@ -238,7 +252,7 @@ export function controlRequest<C extends ControlCommand>(
     });
     conn.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
-        finish(new StrataError('ENOENT', `store ${path.resolve(storeDir)} is not mounted (no daemon listens on ${socketPath})`));
+        finish(new NotMountedError(storeDir, socketPath));
       } else finish(new StrataError('EIO', `control socket ${socketPath}: ${e.message}`));
     });
     conn.on('close', () => finish(new StrataError('EIO', `the daemon closed the connection before answering '${cmd}'`)));

@@ -18,13 +18,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type net from 'node:net';
 import Fuse from 'fuse-native';
-import { handleHex } from '../cas/hash.js';
 import { CasStore } from '../cas/store.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { buildFuseOps } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
-import { daemonFiles, explainLockError, serveControl, type ControlHandlers, type StatusResult } from './control-protocol.js';
+import { daemonFiles, explainLockError, serveControl, snapshotJson, type ControlHandlers, type StatusResult } from './control-protocol.js';
 
 /** What the daemon needs of a filesystem besides the FUSE operations. StrataFs provides it. */
 export interface MountableFs extends Namespace {
@@ -41,9 +40,6 @@ export interface DaemonOptions {
   /** Also write log lines to stderr (an interactive or systemd --foreground run). */
   foreground?: boolean;
 }
-
-/** JSON form of a snapshot for the control socket and the CLI. */
-export const snapshotJson = (s: SnapshotInfo) => ({ ...s, root: handleHex(s.root) });
 
 /**
  * Per-request answer deadlines (fuse-native answers ETIMEDOUT to the kernel when one passes).
@@ -209,7 +205,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
 }
 
 /** Opens the filesystem to serve: StrataFs, or the in-memory test tree under STRATA_TEST_NAMESPACE=mem. */
-async function openFilesystem(cas: CasStore): Promise<MountableFs> {
+export async function openFilesystem(cas: CasStore): Promise<MountableFs> {
   if (process.env.STRATA_TEST_NAMESPACE === 'mem') {
     // Test-only: lets the daemon, control socket and CLI be tested without the real filesystem.
     const spec = '../../test/fixtures/mem-namespace.js';
