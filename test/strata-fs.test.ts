@@ -106,3 +106,23 @@ test('the live tree survives closing and reopening the store; removing snapshots
   new (await import('../src/temporal/catalogue.js')).Catalogue(cas2).remove('keep');
   t.true(readFile(f, '/live/x/f').equals(data));
 });
+
+test('an index rebuilt from containers keeps the live tree and its head', async (t) => {
+  const { cas, dir } = createTestStore(t);
+  const f = StrataFs.open(cas);
+  writeFile(f, '/live/a', Buffer.from('kept'));
+  const s = await f.snapshot('s');
+  writeFile(f, '/live/b', pseudoRandomBytes(100_000, 1));
+  await f.close();
+  cas.close();
+  const { rebuildIndex } = await import('../src/cas/rebuild.js');
+  const r = rebuildIndex(dir, () => CasStore.open(dir, { write: true }));
+  t.deepEqual(r.problems, []);
+  const cas2 = CasStore.open(dir, { write: true });
+  t.teardown(() => cas2.close());
+  const g = StrataFs.open(cas2);
+  t.is(readFile(g, '/live/a').toString(), 'kept');
+  t.true(readFile(g, '/live/b').equals(pseudoRandomBytes(100_000, 1)));
+  t.is(g.head, s.id);
+  t.is((await g.snapshot('after')).parent, s.id);
+});

@@ -1,7 +1,7 @@
 // Incremental rewrite of an object: base content plus patches, re-chunked only around the patches.
 //
-// A cut depends only on the bytes from the start of its chunk (FastCDC looks at most max bytes ahead
-// and never back; fixed blocks only count), so once the new chunking cuts where an old leaf starts,
+// A cut depends only on the bytes from the start of its chunk (FastCDC hashes nothing before it; a
+// fixed block is cut by counting), so once the new chunking cuts where an old leaf starts,
 // and that leaf's bytes are unchanged, the new chunking goes on exactly like the old one: the old
 // leaves are copied without reading them. The result is the object writeObject would make from the
 // whole new content, as long as the base itself was cut that way (anything writeObject or
@@ -30,6 +30,7 @@ const PATCH_PIECE = 1024 * 1024;
  * Returns the object whose content is `base` (null = empty) with each patch written at its offset
  * (later patches win where they overlap), resized to `newSize` (truncating or extending with zeros).
  * Work is proportional to the patched regions (plus a walk over the base's leaf list), not the file size.
+ * `chunking` defaults to the base's; a different one re-chunks all the content.
  */
 export function patchObject(
   objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,

@@ -99,8 +99,46 @@ export function rebuildIndex(dir: string, reopen: () => CasStore): RebuildResult
         result.snapshots++;
       }
     });
+    if (backup) result.problems.push(...carryOver(cas, backup));
   } finally {
     cas.close();
   }
   return result;
+}
+
+/**
+ * State that lives only in the index (the mount's live tree, the performance pool's catalogue,
+ * the live tree's head) is copied from the old index when it can still be read; the live tree's
+ * references are taken again. Returns problems met.
+ */
+function carryOver(cas: CasStore, backup: string): string[] {
+  const db = cas.index.db;
+  const problems: string[] = [];
+  try {
+    db.prepare('ATTACH DATABASE ? AS old').run(backup);
+  } catch (e) {
+    return [`the old index cannot be read (${(e as Error).message}): the live tree starts empty`];
+  }
+  try {
+    cas.index.transaction(() => copyTables());
+  } finally {
+    db.exec('DETACH DATABASE old');
+  }
+  return problems;
+
+  function copyTables(): void {
+    const tables = db.prepare("SELECT name, sql FROM old.sqlite_master WHERE type = 'table' AND (name LIKE 'live\\_%' ESCAPE '\\' OR name LIKE 'perf\\_%' ESCAPE '\\')").all() as { name: string; sql: string }[];
+    for (const t of tables) {
+      db.exec(t.sql.replace(/^CREATE TABLE (IF NOT EXISTS )?/i, 'CREATE TABLE IF NOT EXISTS main.'));
+      db.exec(`INSERT OR REPLACE INTO main.${t.name} SELECT * FROM old.${t.name}`);
+    }
+    const head = db.prepare("SELECT value FROM old.meta WHERE key = 'live_head'").pluck().get() as string | undefined;
+    if (head && db.prepare('SELECT 1 FROM snapshots WHERE id = ?').get(head)) cas.index.setMeta('live_head', head);
+    if (tables.some((t) => t.name === 'live_inodes')) {
+      for (const h of db.prepare('SELECT content FROM live_inodes WHERE content IS NOT NULL').pluck().all() as Buffer[]) {
+        if (cas.index.hasChunk(h)) cas.index.addRefs(h, 1);
+        else problems.push(`the live tree references missing content ${h.toString('hex').slice(0, 12)}`);
+      }
+    }
+  }
 }
