@@ -245,10 +245,10 @@ async function branch(ctx: MountCtx): Promise<void> {
   if (ctx.args.length !== 1) throw invalid('usage: strata branch SNAP');
   const store = needStore(ctx);
   const ref = ctx.args[0];
-  await onLiveTree(store,
-    async () => { await controlRequest(store, 'branch', { ref }, SLOW_REQUEST_MS); },
-    async (live) => { await live.branch(ref); });
-  report(ctx, { branchedFrom: ref }, `the live tree is now a branch from ${ref}`);
+  const from = await onLiveTree(store,
+    async () => await controlRequest(store, 'branch', { ref }, SLOW_REQUEST_MS) as SnapshotJson,
+    async (live) => snapshotJson(await live.branch(ref)));
+  report(ctx, { branchedFrom: from }, `the live tree is now a branch from snapshot ${from.id}${from.name ? ` ${from.name}` : ''}`);
 }
 
 /** The commands, keyed by name; each resolves to its exit code. */

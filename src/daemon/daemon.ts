@@ -20,6 +20,7 @@ import type net from 'node:net';
 import Fuse from 'fuse-native';
 import { CasStore } from '../cas/store.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
+import { StrataFs } from '../fs/strata-fs.js';
 import { buildFuseOps } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
@@ -28,7 +29,8 @@ import { daemonFiles, explainLockError, serveControl, snapshotJson, type Control
 /** What the daemon needs of a filesystem besides the FUSE operations. StrataFs provides it. */
 export interface MountableFs extends Namespace {
   snapshot(name?: string | null): Promise<SnapshotInfo>;
-  branch(ref: string): Promise<void>;
+  /** Restarts the live tree from snapshot `ref`; resolves to that snapshot. */
+  branch(ref: string): Promise<SnapshotInfo>;
   flushAll(): Promise<void>;
   /** Flushes everything and releases the filesystem's resources. */
   close(): Promise<void>;
@@ -167,9 +169,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     }),
     branch: ({ ref }) => exclusive(async () => {
       notStopping();
-      await fsRef.branch(ref);
-      log.line(`live tree branched from ${ref}`);
-      return { ref };
+      const from = await fsRef.branch(ref);
+      log.line(`live tree branched from ${from.id}${from.name ? ` (${from.name})` : ''}`);
+      return snapshotJson(from);
     }),
     flush: () => exclusive(async () => { notStopping(); await fsRef.flushAll(); return {}; }),
     unmount: () => exclusive(async () => {
@@ -204,16 +206,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   return code;
 }
 
-/** Opens the filesystem to serve: StrataFs, or the in-memory test tree under STRATA_TEST_NAMESPACE=mem. */
+/**
+ * Opens the filesystem to serve: StrataFs on `cas`. Test-only: STRATA_TEST_NAMESPACE=mem serves
+ * the in-memory tree of test/fixtures instead (it can fail on demand, which the real one cannot),
+ * still holding the store's lock, so the daemon, control socket and CLI are tested as they run.
+ */
 export async function openFilesystem(cas: CasStore): Promise<MountableFs> {
   if (process.env.STRATA_TEST_NAMESPACE === 'mem') {
-    // Test-only: lets the daemon, control socket and CLI be tested without the real filesystem.
-    const spec = '../../test/fixtures/mem-namespace.js';
+    const spec = '../../test/fixtures/mem-namespace.js'; // not a static import: src must not depend on test/
     const { MemNamespace } = (await import(spec)) as { MemNamespace: new () => MountableFs };
     return new MemNamespace();
   }
-  const spec = '../fs/strata-fs.js';
-  const { StrataFs } = (await import(spec)) as { StrataFs: { open(cas: CasStore): MountableFs } };
   return StrataFs.open(cas);
 }
 

@@ -1,0 +1,142 @@
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { isMounted, unmountQuietly } from '../src/fuse/mount-options.js';
+import { mountStore, sh } from './helpers/mounted-store.js';
+import { pseudoRandomBytes } from './helpers/tmp.js';
+
+// Snapshots, branches, persistence, crash safety, LUN images and concurrency through real mounts.
+
+test.serial('a snapshot never changes when the live tree does; it appears in the pools and at/', (t) => {
+  const m = mountStore(t);
+  fs.mkdirSync(path.join(m.live, 'd'));
+  fs.writeFileSync(path.join(m.live, 'd/file'), 'version one');
+  const snap = JSON.parse(m.cli('snapshot', '--name', 'one', '--json').stdout);
+  t.is(snap.name, 'one');
+  const view = path.join(m.mnt, 'pools/capacity/one');
+  t.is(fs.readFileSync(path.join(view, 'd/file'), 'utf8'), 'version one');
+  fs.writeFileSync(path.join(m.live, 'd/file'), 'version two, longer');
+  fs.writeFileSync(path.join(m.live, 'd/new'), 'new');
+  fs.rmSync(path.join(m.live, 'd/file'));
+  t.is(fs.readFileSync(path.join(view, 'd/file'), 'utf8'), 'version one');
+  t.deepEqual(fs.readdirSync(path.join(view, 'd')), ['file']);
+  const at = fs.readdirSync(path.join(m.mnt, 'at'));
+  t.is(at.length, 1);
+  t.is(fs.readFileSync(path.join(m.mnt, 'at', at[0], 'd/file'), 'utf8'), 'version one');
+  const later = new Date(Date.now() + 60_000).toISOString();
+  t.is(fs.readFileSync(path.join(m.mnt, 'at', later, 'd/file'), 'utf8'), 'version one');
+  const stats = JSON.parse(fs.readFileSync(path.join(m.mnt, 'stats.json'), 'utf8'));
+  t.is(stats.snapshots, 1);
+  t.true(stats.dedupRatio > 0);
+  m.cli('snapshot', '--name', 'two');
+  t.is(fs.readlinkSync(path.join(m.mnt, 'tree/two/parent')), '../one');
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'tree/one/children')), ['two']);
+  t.is(fs.readFileSync(path.join(m.mnt, 'tree/two/data/d/new'), 'utf8'), 'new');
+});
+
+test.serial('branch restarts the live tree from an older snapshot; the next snapshot is its child', (t) => {
+  const m = mountStore(t);
+  fs.writeFileSync(path.join(m.live, 'f'), 'one');
+  m.cli('snapshot', '--name', 's1');
+  fs.writeFileSync(path.join(m.live, 'f'), 'two');
+  m.cli('snapshot', '--name', 's2');
+  t.is(m.cli('branch', 's1').code, 0);
+  t.is(fs.readFileSync(path.join(m.live, 'f'), 'utf8'), 'one');
+  fs.writeFileSync(path.join(m.live, 'g'), 'branch');
+  const s3 = JSON.parse(m.cli('snapshot', '--name', 's3', '--json').stdout);
+  const log = JSON.parse(m.cli('log', '--json').stdout) as { id: string; name: string; parent: string | null }[];
+  const id = (n: string) => log.find((s) => s.name === n)!.id;
+  t.is(s3.parent, id('s1'));
+  t.is(log.find((s) => s.name === 's2')!.parent, id('s1'));
+  t.is(fs.readFileSync(path.join(m.mnt, 'pools/capacity/s2/f'), 'utf8'), 'two');
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'tree/s1/children')).sort(), ['s2', 's3']);
+});
+
+test.serial('the live tree survives a remount; kill -9 of the daemon loses nothing that was fsynced', (t) => {
+  const m = mountStore(t);
+  const data = pseudoRandomBytes(3 << 20, 8);
+  fs.writeFileSync(path.join(m.live, 'kept'), data);
+  m.unmount();
+  t.false(isMounted(m.mnt));
+  m.remount();
+  t.true(fs.readFileSync(path.join(m.live, 'kept')).equals(data));
+
+  const fd = fs.openSync(path.join(m.live, 'synced'), 'w');
+  fs.writeSync(fd, Buffer.from('acknowledged'));
+  fs.fsyncSync(fd);
+  fs.mkdirSync(path.join(m.live, 'dir-made-before-kill'));
+  const pid = m.daemonPid();
+  t.truthy(pid);
+  process.kill(pid!, 'SIGKILL');
+  fs.closeSync(fd);
+  return unmountQuietly(m.mnt).then(() => {
+    m.remount();
+    t.is(fs.readFileSync(path.join(m.live, 'synced'), 'utf8'), 'acknowledged');
+    t.true(fs.readFileSync(path.join(m.live, 'kept')).equals(data));
+    t.true(fs.existsSync(path.join(m.live, 'dir-made-before-kill')));
+    t.is(m.cli('verify').code, 0);
+  });
+});
+
+test.serial('an ext4 image stored in Strata is loop-mounted read-only from a snapshot view', (t) => {
+  const m = mountStore(t);
+  const src = path.join(m.base, 'imgsrc');
+  fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(src, 'sub/data.bin'), pseudoRandomBytes(5 << 20, 3));
+  fs.writeFileSync(path.join(src, 'hello.txt'), 'inside the image\n');
+  const img = path.join(m.base, 'disk.img');
+  sh(`mkfs.ext4 -q -F -d ${src} ${img} 64M`);
+  sh(`cp --sparse=always ${img} ${m.live}/disk.img`);
+  m.cli('snapshot', '--name', 'lun');
+  const loopMnt = path.join(m.base, 'loop');
+  fs.mkdirSync(loopMnt);
+  for (const pool of ['capacity', 'performance']) {
+    const file = path.join(m.mnt, `pools/${pool}/lun/disk.img`);
+    if (pool === 'performance') {
+      // The performance pool fills in the background after the snapshot.
+      for (let i = 0; i < 100 && !fs.existsSync(file); i++) spawnSync('sleep', ['0.1']);
+    }
+    sh(`mount -o loop,ro ${file} ${loopMnt}`);
+    try {
+      t.is(fs.readFileSync(path.join(loopMnt, 'hello.txt'), 'utf8'), 'inside the image\n');
+      t.true(fs.readFileSync(path.join(loopMnt, 'sub/data.bin')).equals(fs.readFileSync(path.join(src, 'sub/data.bin'))));
+    } finally {
+      sh(`umount ${loopMnt} || umount -l ${loopMnt}`);
+    }
+  }
+});
+
+test.serial('concurrent readers with a writer see whole, consistent files', async (t) => {
+  const m = mountStore(t);
+  const a = pseudoRandomBytes(4 << 20, 1);
+  const b = pseudoRandomBytes(4 << 20, 2);
+  fs.writeFileSync(path.join(m.live, 'shared'), a);
+  // A writer process replaces the file (write to a temp name, rename over) again and again while
+  // reader processes read it; every read must be exactly one of the two versions.
+  const script = `
+    const fs = require('fs'); const [dir, n] = process.argv.slice(1);
+    const a = fs.readFileSync(dir + '/a.src'), b = fs.readFileSync(dir + '/b.src');
+    for (let i = 0; i < Number(n); i++) {
+      const tmp = dir + '/live/.tmp' + i;
+      fs.writeFileSync(tmp, i % 2 ? a : b);
+      fs.renameSync(tmp, dir + '/live/shared');
+    }`;
+  fs.writeFileSync(path.join(m.base, 'a.src'), a);
+  fs.writeFileSync(path.join(m.base, 'b.src'), b);
+  fs.symlinkSync(m.live, path.join(m.base, 'live'));
+  const writer = spawn(process.execPath, ['-e', script, m.base, '12'], { stdio: 'inherit' });
+  const done = new Promise((r) => writer.on('exit', r));
+  let reads = 0;
+  let finished = false;
+  void done.then(() => { finished = true; });
+  const reader = async () => {
+    while (!finished) {
+      const r = await fs.promises.readFile(path.join(m.live, 'shared'));
+      t.true(r.equals(a) || r.equals(b), `read ${r.length} bytes matching neither version`);
+      reads++;
+    }
+  };
+  await Promise.all([reader(), reader(), done]);
+  t.true(reads > 0);
+});
