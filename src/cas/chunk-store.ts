@@ -1,7 +1,9 @@
+import os from 'node:os';
 import { LRUCache } from 'lru-cache';
 import { corrupt, notFound, StrataError } from '../errors.js';
-import { ChunkKind, type BlobStore, type ChunkLocation, type Handle } from '../types.js';
+import { ChunkKind, Codec, type BlobStore, type ChunkLocation, type Handle } from '../types.js';
 import { compressChunk, decompressChunk } from './codec.js';
+import type { CompressOutcome } from './compressor-pool.js';
 import { ContainerWriter, readChunkPayload } from './container-file.js';
 import { handleKey, hashBytes, shortHex } from './hash.js';
 import type { IndexDb } from './index-db.js';
@@ -35,6 +37,11 @@ export interface ChunkStoreOptions {
   locationCacheEntries: number;
   /** Commit pending index rows once this many new bytes are buffered. */
   commitEveryBytes: number;
+  /**
+   * Compression threads the store's owner (CasStore) starts; 0 compresses on the calling thread.
+   * One is enough on two cores: the calling thread still chunks, hashes and writes.
+   */
+  compressWorkers: number;
 }
 
 export const DEFAULT_CHUNK_STORE_OPTIONS: ChunkStoreOptions = {
@@ -42,22 +49,46 @@ export const DEFAULT_CHUNK_STORE_OPTIONS: ChunkStoreOptions = {
   cacheBytes: 64 * 1024 * 1024,
   locationCacheEntries: 200_000,
   commitEveryBytes: 64 * 1024 * 1024,
+  compressWorkers: os.availableParallelism() > 1 ? 1 : 0,
 };
+
+/** The part of CompressorPool the chunk store uses (results in submission order, never awaited). */
+export interface ParallelCompressor {
+  /** Queues a copy of `raw`; returns its sequence number. */
+  submit(raw: Uint8Array): number;
+  /** The next outcome in submission order; undefined if none is ready (wait=false) or none is in flight. */
+  next(wait: boolean): CompressOutcome | undefined;
+  /** Drops every job in flight (their outcomes are never returned). */
+  cancelAll(): void;
+  readonly inFlightBytes: number;
+  readonly maxInFlightBytes: number;
+}
 
 interface Pending {
   handle: Handle;
-  loc: ChunkLocation;
+  kind: ChunkKind;
+  /** Null while the chunk is being compressed. */
+  loc: ChunkLocation | null;
+  /** The chunk's own copy of its raw bytes, kept until its payload is in the container. */
+  raw: Buffer | null;
 }
 
 /**
  * Content-addressed chunk storage: dedup check (cache, then index), compression, container appends,
  * and the durability order — container bytes are fsynced before the index rows naming them commit.
  * Single writer; reads verify every chunk's hash.
+ *
+ * With a ParallelCompressor, a new chunk is pending without a location until its compressed
+ * payload comes back; payloads are appended in put() order, so containers come out exactly as
+ * inline. Errors of an earlier put (compression, append) may then surface from a later put() or
+ * from commit(), having aborted the batch as an inline failure would.
  */
 export class ChunkStore {
   readonly stats: DedupStats = emptyStats();
   private writer: ContainerWriter | null = null;
   private readonly pending = new Map<string, Pending>();
+  /** Chunks whose compression is in flight, by job sequence number. */
+  private readonly compressing = new Map<number, Pending>();
   private readonly pendingRefs = new Map<string, { handle: Handle; delta: number }>();
   private readonly sealedSinceCommit: number[] = [];
   private pendingBytes = 0;
@@ -68,16 +99,24 @@ export class ChunkStore {
     readonly index: IndexDb,
     readonly blobs: BlobStore,
     readonly opts: ChunkStoreOptions = DEFAULT_CHUNK_STORE_OPTIONS,
+    private readonly compressor: ParallelCompressor | null = null,
   ) {
     this.locations = new LRUCache({ max: opts.locationCacheEntries });
     this.data = new LRUCache({ maxSize: Math.max(opts.cacheBytes, 1), sizeCalculation: (b) => b.length || 1 });
   }
 
-  /** Where a chunk lives, or undefined. Looks at pending writes, the cache, then the index. */
+  /**
+   * Where a chunk lives, or undefined. Looks at pending writes, the cache, then the index.
+   * Waits for the compression of a pending chunk (it has no location before).
+   */
   locate(handle: Handle): ChunkLocation | undefined {
     const key = handleKey(handle);
     const p = this.pending.get(key);
-    if (p) return p.loc;
+    if (p) {
+      if (!p.loc) this.drain(p);
+      if (!p.loc) throw new StrataError('EIO', `chunk ${shortHex(handle)} was dropped before it was stored`);
+      return p.loc;
+    }
     const cached = this.locations.get(key);
     if (cached) return cached;
     const row = this.index.getChunk(handle);
@@ -86,7 +125,12 @@ export class ChunkStore {
   }
 
   has(handle: Handle): boolean {
-    return this.locate(handle) !== undefined;
+    return this.pending.has(handleKey(handle)) || this.locate(handle) !== undefined;
+  }
+
+  /** Chunks put but not yet compressed and appended (always 0 without a compressor). */
+  get compressingCount(): number {
+    return this.compressing.size;
   }
 
   /** Counts a duplicate found by the caller's temporal check (predecessor's chunk at the same offset). */
@@ -105,7 +149,7 @@ export class ChunkStore {
   /**
    * Stores `raw` under `handle` (its BLAKE3, computed by the caller) unless already present.
    * When new and `children` are given, each child's reference count grows by one.
-   * Returns true when the chunk was new.
+   * Returns true when the chunk was new. `raw` is copied if it has to be kept.
    */
   put(handle: Handle, kind: ChunkKind, raw: Buffer, children?: Handle[]): boolean {
     const key = handleKey(handle);
@@ -123,28 +167,92 @@ export class ChunkStore {
       if (kind === ChunkKind.Data) { this.stats.indexHits++; this.stats.dedupBytes += raw.length; }
       return false;
     }
-    const { codec, payload } = compressChunk(raw);
-    const w = this.currentWriter();
-    let rec;
+    const p: Pending = { handle, kind, loc: null, raw: null };
+    if (this.compressor) {
+      this.submit(p, raw);
+    } else {
+      const { codec, payload } = compressChunk(raw);
+      this.store(p, codec, raw.length, payload);
+    }
+    this.pending.set(key, p);
+    if (children) for (const c of children) this.addRef(c, 1);
+    this.stats.newChunks++;
+    this.stats.newBytes += raw.length;
+    if (this.compressor) while (this.compressing.size && this.collect(false));
+    if (this.pendingBytes >= this.opts.commitEveryBytes) this.commit();
+    return true;
+  }
+
+  private submit(p: Pending, raw: Buffer): void {
+    const c = this.compressor as ParallelCompressor;
+    // Bounds the raw bytes held for jobs in flight (here and in the workers).
+    while (c.inFlightBytes > 0 && c.inFlightBytes + raw.length > c.maxInFlightBytes) this.collect(true);
+    // Our own copy: the caller may reuse its buffer once put() returns, and get() serves pending chunks from it.
+    p.raw = Buffer.allocUnsafeSlow(raw.length);
+    raw.copy(p.raw);
+    let seq: number;
     try {
-      rec = w.append(handle, kind, codec, raw.length, payload);
+      seq = c.submit(p.raw);
     } catch (e) {
       this.abort();
       throw e;
     }
-    const loc: ChunkLocation = {
+    this.compressing.set(seq, p);
+  }
+
+  /**
+   * Applies the next compression outcome, if any (waiting for it if `wait`); returns false when
+   * there was none. Any failure aborts the batch and is thrown.
+   */
+  private collect(wait: boolean): boolean {
+    let out: CompressOutcome | undefined;
+    try {
+      out = (this.compressor as ParallelCompressor).next(wait);
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
+    if (!out) return false;
+    const p = this.compressing.get(out.seq);
+    if (!p) return true; // from a batch that was aborted meanwhile
+    this.compressing.delete(out.seq);
+    const raw = p.raw as Buffer;
+    if ('error' in out) {
+      this.abort();
+      throw new StrataError('EIO', `compressing chunk ${shortHex(p.handle)}: ${out.error}`);
+    }
+    this.store(p, out.codec, raw.length, out.codec === Codec.Raw ? raw : out.payload);
+    return true;
+  }
+
+  /** Waits for compressions to finish and stores them: all of them, or up to and including `until`. */
+  private drain(until?: Pending): void {
+    while (this.compressing.size && !until?.loc) {
+      if (!this.collect(true)) {
+        this.abort();
+        throw new StrataError('EIO', 'the compressor lost track of chunks in flight');
+      }
+    }
+  }
+
+  /** Appends a chunk's payload to the open container and gives the pending chunk its location. */
+  private store(p: Pending, codec: Codec, rawLength: number, payload: Buffer): void {
+    const w = this.currentWriter();
+    let rec;
+    try {
+      rec = w.append(p.handle, p.kind, codec, rawLength, payload);
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
+    p.loc = {
       container: rec.container, offset: rec.offset, storedLength: rec.storedLength,
       rawLength: rec.rawLength, codec: rec.codec, kind: rec.kind,
     };
-    this.pending.set(key, { handle, loc });
-    if (children) for (const c of children) this.addRef(c, 1);
-    this.stats.newChunks++;
-    this.stats.newBytes += raw.length;
+    p.raw = null;
     this.stats.storedBytes += payload.length;
     this.pendingBytes += payload.length;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
-    if (this.pendingBytes >= this.opts.commitEveryBytes) this.commit();
-    return true;
   }
 
   /** Buffers a reference-count change, applied at the next commit. */
@@ -160,6 +268,7 @@ export class ChunkStore {
    * buffered reference changes and `extra` (e.g. a snapshot row) in one transaction.
    */
   commit(extra?: () => void, durable = false): void {
+    this.drain();
     try {
       this.writer?.sync();
     } catch (e) {
@@ -170,23 +279,26 @@ export class ChunkStore {
     const refs = [...this.pendingRefs.values()];
     const sealed = this.sealedSinceCommit.splice(0);
     (durable ? this.index.durable.bind(this.index) : this.index.transaction.bind(this.index))(() => {
-      for (const p of pending) this.index.insertChunk(p.handle, p.loc, 0);
+      for (const p of pending) this.index.insertChunk(p.handle, p.loc as ChunkLocation, 0);
       for (const r of refs) if (r.delta !== 0) this.index.addRefs(r.handle, r.delta);
       for (const id of sealed) this.index.markSealed(id);
       extra?.();
     });
-    for (const p of pending) this.locations.set(handleKey(p.handle), p.loc);
+    for (const p of pending) this.locations.set(handleKey(p.handle), p.loc as ChunkLocation);
     this.pending.clear();
     this.pendingRefs.clear();
     this.pendingBytes = 0;
   }
 
   /**
-   * Forgets the uncommitted batch after a write or sync failure (a full disk, an I/O error): its
-   * chunks were never acknowledged, the caller still holds their data and may try again; the
-   * container they went to is left as it is (gc removes it).
+   * Forgets the uncommitted batch after a write, sync or compression failure (a full disk, an I/O
+   * error): its chunks were never acknowledged, the caller still holds their data and may try
+   * again; the container they went to is left as it is (gc removes it). Compressions still in
+   * flight are cancelled: their results are never stored.
    */
   abort(): void {
+    this.compressor?.cancelAll();
+    this.compressing.clear();
     this.writer?.abandon();
     this.writer = null;
     this.pending.clear();
@@ -199,6 +311,9 @@ export class ChunkStore {
     const key = handleKey(handle);
     const hit = this.data.get(key);
     if (hit) return hit;
+    // Still being compressed: the bytes the caller hashed are all there is yet.
+    const inFlight = this.pending.get(key)?.raw;
+    if (inFlight) return inFlight;
     const loc = this.locate(handle);
     if (!loc) throw notFound(`chunk ${shortHex(handle)}`);
     const raw = this.readVerified(handle, loc);

@@ -16,8 +16,12 @@ export interface ByteRange {
 export interface ObjectDiff {
   /** Ranges of B whose content does not occur in A at that level of the trees (merged, sorted). */
   changed: ByteRange[];
-  /** Handles stored for B and not shared with A: nodes read on the way and leaves (what a peer holding A lacks). */
+  /** Handles stored for B and not shared with A: nodes read on the way, then leaves (what a peer holding A lacks). */
   newHandles: Handle[];
+  /** Nodes of B not shared with A, in the order they were expanded (top-down). */
+  newNodes: Handle[];
+  /** Data leaves of B not shared with A, with their offsets in B (for reading them from a native copy). */
+  newLeaves: { offset: number; length: number; handle: Handle }[];
   /** Nodes read to compute the diff (cost measure). */
   nodesRead: number;
 }
@@ -42,7 +46,7 @@ function rootFrontier(objects: ObjectStore, root: Handle | null): Frontier[] {
 export function diffObjects(objects: ObjectStore, a: Handle | null, b: Handle | null): ObjectDiff {
   let fa = rootFrontier(objects, a);
   let fb = rootFrontier(objects, b);
-  const newHandles: Handle[] = [];
+  const newNodes: Handle[] = [];
   let nodesRead = 0;
   for (;;) {
     const ka = new Set(fa.map(keyOf));
@@ -59,7 +63,7 @@ export function diffObjects(objects: ObjectStore, a: Handle | null, b: Handle | 
         if (f.level !== top) { out.push(f); continue; }
         const n = objects.node(f.handle);
         nodesRead++;
-        if (side === 'b') newHandles.push(f.handle);
+        if (side === 'b') newNodes.push(f.handle);
         for (let i = 0; i < n.handles.length; i++) {
           out.push({ handle: n.handles[i], level: n.level === 0 || isHole(n.handles[i]) ? -1 : n.level - 1, offset: f.offset + n.starts[i], length: n.lengths[i] });
         }
@@ -71,13 +75,14 @@ export function diffObjects(objects: ObjectStore, a: Handle | null, b: Handle | 
   }
   fb.sort((x, y) => x.offset - y.offset);
   const changed: ByteRange[] = [];
+  const newLeaves: ObjectDiff['newLeaves'] = [];
   for (const f of fb) {
-    if (!isHole(f.handle)) newHandles.push(f.handle);
+    if (!isHole(f.handle)) newLeaves.push({ offset: f.offset, length: f.length, handle: f.handle });
     const last = changed[changed.length - 1];
     if (last && last.offset + last.length === f.offset) last.length += f.length;
     else changed.push({ offset: f.offset, length: f.length });
   }
-  return { changed, newHandles, nodesRead };
+  return { changed, newHandles: [...newNodes, ...newLeaves.map((l) => l.handle)], newNodes, newLeaves, nodesRead };
 }
 
 export type ChangeKind = 'added' | 'removed' | 'modified' | 'type' | 'meta';

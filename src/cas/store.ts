@@ -4,6 +4,7 @@ import { invalid, notFound, StrataError } from '../errors.js';
 import type { ChunkerParams } from '../types.js';
 import { DEFAULT_CHUNKER_PARAMS } from './chunker.js';
 import { ChunkStore, DEFAULT_CHUNK_STORE_OPTIONS } from './chunk-store.js';
+import { CompressorPool } from './compressor-pool.js';
 import { IndexDb } from './index-db.js';
 import { LocalBlobStore } from './local-blob-store.js';
 import { ObjectStore } from './object-store.js';
@@ -25,6 +26,8 @@ export interface OpenOptions {
   write?: boolean;
   /** Commits are fsynced only through index.durable() (the mount; see IndexDb). */
   relaxed?: boolean;
+  /** Compression worker threads (0: compress inline); default DEFAULT_CHUNK_STORE_OPTIONS.compressWorkers. */
+  compressWorkers?: number;
 }
 
 const CONFIG = 'store.json';
@@ -37,13 +40,20 @@ export class CasStore {
   readonly chunks: ChunkStore;
   readonly objects: ObjectStore;
   private lockFd: number | null = null;
+  private readonly compressor: CompressorPool | null = null;
 
-  private constructor(readonly dir: string, readonly config: StoreConfig, readonly writable: boolean, relaxed: boolean) {
+  private constructor(readonly dir: string, readonly config: StoreConfig, readonly writable: boolean, relaxed: boolean, compressWorkers: number) {
     if (writable) this.lockFd = takeLock(path.join(dir, LOCK));
     try {
       this.index = new IndexDb(path.join(dir, INDEX), { relaxed });
       this.blobs = new LocalBlobStore(path.join(dir, 'containers'));
-      this.chunks = new ChunkStore(this.index, this.blobs, { ...DEFAULT_CHUNK_STORE_OPTIONS, containerSize: config.containerSize });
+      // Workers start only when a first chunk is compressed, so readers never pay for them.
+      if (writable && compressWorkers > 0) this.compressor = new CompressorPool({ workers: compressWorkers });
+      this.chunks = new ChunkStore(
+        this.index, this.blobs,
+        { ...DEFAULT_CHUNK_STORE_OPTIONS, containerSize: config.containerSize, compressWorkers },
+        this.compressor,
+      );
       this.objects = new ObjectStore(this.chunks, config.chunker);
     } catch (e) {
       this.releaseLock();
@@ -79,15 +89,17 @@ export class CasStore {
     }
     if (config.format !== 1) throw invalid(`unsupported store format ${String(config.format)}`);
     config.performance = { ...DEFAULT_PERFORMANCE, ...config.performance };
-    return new CasStore(dir, config, opts.write ?? false, opts.relaxed ?? false);
+    return new CasStore(dir, config, opts.write ?? false, opts.relaxed ?? false,
+      opts.compressWorkers ?? DEFAULT_CHUNK_STORE_OPTIONS.compressWorkers);
   }
 
-  /** Commits and seals what is pending, then releases the lock. */
+  /** Commits and seals what is pending, stops the compression workers, then releases the lock. */
   close(): void {
     try {
       if (this.writable) this.chunks.close();
       this.index.close();
     } finally {
+      this.compressor?.close();
       this.releaseLock();
     }
   }

@@ -1,5 +1,6 @@
 import { isStrataError } from '../errors.js';
 import { ChunkKind, type Handle, type SnapshotInfo, type TreeEntry } from '../types.js';
+import { FingerprintLedger } from './fingerprint.js';
 import { handleKey } from './hash.js';
 import { isHole } from './merkle-node.js';
 import type { CasStore } from './store.js';
@@ -119,6 +120,38 @@ export function affectedPaths(cas: CasStore, snapshots: SnapshotInfo[], bad: Set
     };
     walk({ name: Buffer.alloc(0), type: 'dir', content: s.root, mode: 0, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, size: 0 }, '');
     if (paths.length) out.push({ snapshot: s.id, name: s.name, paths });
+  }
+  return out;
+}
+
+export interface FingerprintCoverage {
+  root: string;
+  /** Where the object was first seen: snapshot and path. */
+  snapshot: string;
+  path: string;
+  size: number;
+  /** Fraction of the object's bytes that recorded fingerprint checks have sampled (0..1). */
+  coverage: number;
+}
+
+/** Per file object of the snapshots (each once), how much of it fingerprints have covered so far. */
+export function fingerprintCoverage(cas: CasStore, snapshots: SnapshotInfo[]): FingerprintCoverage[] {
+  const ledger = new FingerprintLedger(cas.index.db);
+  const out: FingerprintCoverage[] = [];
+  const seen = new Set<string>();
+  for (const s of snapshots) {
+    const walk = (e: TreeEntry, p: string) => {
+      if (!e.content) return;
+      const key = handleKey(e.content);
+      if (seen.has(key)) return;
+      seen.add(key);
+      if (e.type === 'dir') {
+        for (const c of cas.objects.readTree(e.content)) walk(c, `${p}/${c.name.toString('utf8')}`);
+      } else if (e.type === 'file') {
+        out.push({ root: e.content.toString('hex'), snapshot: s.name ?? s.id, path: p, size: e.size, coverage: ledger.coverage(e.content, e.size) });
+      }
+    };
+    for (const top of cas.objects.readTree(s.root)) walk(top, `/${top.name.toString('utf8')}`);
   }
   return out;
 }

@@ -132,8 +132,8 @@ export function errorResponse(id: RequestId, e: unknown): ControlResponse {
  * `log` receives unexpected handler failures. Resolves once listening.
  */
 export async function serveControl(socketPath: string, handlers: ControlHandlers, log: (msg: string) => void): Promise<net.Server> {
-  checkSocketPath(socketPath);
   fs.rmSync(socketPath, { force: true });
+  const address = socketAddress(socketPath);
   const server = net.createServer((conn) => serveConnection(conn, handlers, log));
   // The umask makes the socket 0600 from its creation, so nobody can connect in the moment
   // between listen() and chmod(); the chmod states the intent for filesystems that ignore umask.
@@ -141,13 +141,14 @@ export async function serveControl(socketPath: string, handlers: ControlHandlers
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => {
+      server.listen(address.path, () => {
         server.off('error', reject);
         resolve();
       });
     });
   } finally {
     process.umask(oldMask);
+    address.close();
   }
   fs.chmodSync(socketPath, 0o600);
   server.on('error', (e) => log(`control socket error: ${e.message}`));
@@ -192,11 +193,22 @@ async function answer(line: string, handlers: ControlHandlers, log: (msg: string
   }
 }
 
-/** Unix socket paths are limited to 107 bytes (sun_path); say so instead of failing obscurely. */
-function checkSocketPath(socketPath: string): void {
-  if (Buffer.byteLength(socketPath) > 107) {
-    throw invalid(`control socket path ${socketPath} is longer than the 107 bytes a Unix socket allows; use a store with a shorter path`);
+/**
+ * A path to bind or connect to for `socketPath`. Unix socket addresses hold at most 107 bytes;
+ * a longer path is reached through an open descriptor of its directory (/proc/self/fd/N/NAME),
+ * which the kernel resolves to the same file. close() releases that descriptor once the
+ * socket is bound or connected.
+ */
+function socketAddress(socketPath: string): { path: string; close(): void } {
+  if (Buffer.byteLength(socketPath) <= 107) return { path: socketPath, close: () => undefined };
+  const fd = fs.openSync(path.dirname(socketPath), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  const short = `/proc/self/fd/${fd}/${path.basename(socketPath)}`;
+  if (Buffer.byteLength(short) > 107) {
+    fs.closeSync(fd);
+    throw invalid(`control socket name ${path.basename(socketPath)} is too long for a Unix socket`);
   }
+  let open = true;
+  return { path: short, close: () => { if (open) fs.closeSync(fd); open = false; } };
 }
 
 /** No daemon serves the store (no socket, or nobody listening on it). */
@@ -218,16 +230,24 @@ export function controlRequest<C extends ControlCommand>(
   storeDir: string, cmd: C, args: Partial<ControlArgs[C]> = {}, timeoutMs = 10_000,
 ): Promise<unknown> {
   const { socket: socketPath } = daemonFiles(storeDir);
-  checkSocketPath(socketPath);
   const id = nextId++;
   return new Promise((resolve, reject) => {
     let settled = false;
     let pending = '';
-    const conn = net.createConnection(socketPath);
+    let address: ReturnType<typeof socketAddress>;
+    try {
+      address = socketAddress(socketPath);
+    } catch (e) {
+      // The store directory itself is missing: nothing can be mounted from it.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return reject(new NotMountedError(storeDir, socketPath));
+      return reject(e);
+    }
+    const conn = net.createConnection(address.path);
     const finish = (err: Error | null, value?: unknown) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      address.close();
       conn.destroy();
       if (err) reject(err);
       else resolve(value);
@@ -236,7 +256,10 @@ export function controlRequest<C extends ControlCommand>(
       finish(new StrataError('EIO', `the daemon of ${path.resolve(storeDir)} did not answer '${cmd}' within ${Math.round(timeoutMs / 1000)} s`));
     }, timeoutMs);
     conn.setEncoding('utf8');
-    conn.on('connect', () => conn.write(JSON.stringify({ id, cmd, args }) + '\n'));
+    conn.on('connect', () => {
+      address.close();
+      conn.write(JSON.stringify({ id, cmd, args }) + '\n');
+    });
     conn.on('data', (chunk: string) => {
       pending += chunk;
       const nl = pending.indexOf('\n');

@@ -24,7 +24,9 @@ import { StrataFs } from '../fs/strata-fs.js';
 import { buildFuseOps } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
-import { daemonFiles, explainLockError, serveControl, snapshotJson, type ControlHandlers, type StatusResult } from './control-protocol.js';
+import {
+  daemonFiles, explainLockError, processRunning, readPidFile, serveControl, snapshotJson, type ControlHandlers, type StatusResult,
+} from './control-protocol.js';
 
 /** What the daemon needs of a filesystem besides the FUSE operations. StrataFs provides it. */
 export interface MountableFs extends Namespace {
@@ -77,6 +79,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   let attempted = false;
   try {
     checkMountpoint(mountpoint);
+    clearZombieLock(files.lock, log.line);
     try {
       cas = CasStore.open(store, { write: true });
     } catch (e) {
@@ -193,6 +196,12 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGHUP', () => log.line('SIGHUP ignored (stop with SIGTERM or strata unmount)'));
+  // A crash would leave a dead mount and lose buffered writes: flush and unmount on the way out.
+  process.on('uncaughtException', (e) => {
+    log.line(`error: uncaught exception: ${describe(e)}`);
+    void stop('uncaught exception').finally(() => process.exit(1));
+  });
+  process.on('unhandledRejection', (e) => log.line(`error: unhandled rejection: ${describe(e)}`));
   if (process.connected) process.once('disconnect', () => void stop('parent process went away'));
   watcher = setInterval(() => {
     if (!stopping && !isMounted(mountpoint)) void stop(`${mountpoint} was unmounted by someone else`);
@@ -220,15 +229,30 @@ export async function openFilesystem(cas: CasStore): Promise<MountableFs> {
   return StrataFs.open(cas);
 }
 
+/**
+ * A daemon killed with SIGKILL after its parent (`strata mount`) exited is reparented to PID 1;
+ * where PID 1 does not reap orphans (containers, some VMs) it stays a zombie, which kill(pid, 0)
+ * still reports as alive, so the store lock's own stale-lock check would refuse every remount.
+ * Removes a lock whose owner is such a zombie; the lock code then takes the store as usual.
+ */
+function clearZombieLock(lockFile: string, log: (msg: string) => void): void {
+  const pid = readPidFile(lockFile);
+  if (pid === null || pid === process.pid || processRunning(pid) || !fs.existsSync(`/proc/${pid}`)) return;
+  // Read again just before removing, so a lock taken meanwhile by a live process is kept.
+  if (readPidFile(lockFile) !== pid) return;
+  fs.rmSync(lockFile, { force: true });
+  log(`removed the stale lock of process ${pid}, which has exited (a zombie nobody reaped)`);
+}
+
+/** A clear message for a mountpoint that is missing or not a directory (libfuse's are cryptic). */
 function checkMountpoint(mountpoint: string): void {
+  // A mount there is probed asynchronously by clearDeadMount(): its server may hang a stat.
+  if (isMounted(mountpoint)) return;
   let st: fs.Stats;
   try {
     st = fs.statSync(mountpoint);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new StrataError('ENOENT', `mountpoint ${mountpoint} does not exist`);
-    // ENOTCONN: a dead FUSE mount, cleared once the lock is held.
-    if (code === 'ENOTCONN') return;
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StrataError('ENOENT', `mountpoint ${mountpoint} does not exist`);
     throw invalid(`mountpoint ${mountpoint}: ${(e as Error).message}`);
   }
   if (!st.isDirectory()) throw new StrataError('ENOTDIR', `mountpoint ${mountpoint} is not a directory`);
@@ -245,15 +269,16 @@ function checkEmpty(mountpoint: string): void {
  */
 async function clearDeadMount(mountpoint: string, log: (msg: string) => void): Promise<void> {
   if (!isMounted(mountpoint)) return;
-  // Asynchronous with a deadline: the mount belongs to another process that may be hung.
-  const probe = await Promise.race([
-    fs.promises.stat(mountpoint).then(() => 'alive', (e: NodeJS.ErrnoException) => e.code ?? 'error'),
+  // The lookup of a name that cannot exist goes to the server (a stat of the mountpoint itself may
+  // be answered from the kernel's attribute cache). Asynchronous, with a deadline: the mount
+  // belongs to another process, which may be hung.
+  const probe = path.join(mountpoint, `.strata-probe-${process.pid}-${Date.now()}`);
+  const outcome = await Promise.race([
+    fs.promises.lstat(probe).then(() => 'alive', (e: NodeJS.ErrnoException) => (e.code === 'ENOTCONN' ? 'dead' : 'alive')),
     new Promise<string>((resolve) => setTimeout(resolve, 5000, 'hung').unref()),
   ]);
-  if (probe !== 'ENOTCONN' && probe !== 'hung') {
-    throw new StrataError('EEXIST', `${mountpoint} is already a mount point; unmount it first`);
-  }
-  log(`clearing a dead mount at ${mountpoint} (${probe === 'hung' ? 'its server does not answer' : 'its server is gone'})`);
+  if (outcome === 'alive') throw new StrataError('EEXIST', `${mountpoint} is already a mount point; unmount it first`);
+  log(`clearing a dead mount at ${mountpoint} (${outcome === 'hung' ? 'its server does not answer' : 'its server is gone'})`);
   await unmountQuietly(mountpoint);
 }
 

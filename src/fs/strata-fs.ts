@@ -65,6 +65,7 @@ export class StrataFs implements Namespace {
   private nextFh = 1;
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
+  private snapCache: { at: number; list: SnapshotInfo[] } | null = null;
 
   private constructor(readonly cas: CasStore, settings?: PerformanceSettings) {
     this.cat = new Catalogue(cas);
@@ -102,8 +103,24 @@ export class StrataFs implements Namespace {
     return null;
   }
 
+  /**
+   * The catalogue, cached briefly: views resolve a snapshot on every lookup. This process is the
+   * store's only writer, so its own changes invalidate the cache; the timeout covers the rest.
+   */
+  private snaps(): SnapshotInfo[] {
+    const now = Date.now();
+    if (!this.snapCache || now - this.snapCache.at > 2000) this.snapCache = { at: now, list: this.cat.list() };
+    return this.snapCache.list;
+  }
+
+  /** Forget cached catalogue figures after snapshots were added or removed. */
+  catalogueChanged(): void {
+    this.snapCache = null;
+    this.statsCache = null;
+  }
+
   private snapByName(name: string): SnapshotInfo {
-    const s = this.cat.list().find((x) => (x.name ?? x.id) === name);
+    const s = this.snaps().find((x) => (x.name ?? x.id) === name);
     if (!s) throw notFound(`snapshot ${name}`);
     return s;
   }
@@ -112,7 +129,7 @@ export class StrataFs implements Namespace {
     const t = Date.parse(stamp);
     if (!/^\d{4}-\d\d-\d\dT/.test(stamp) || Number.isNaN(t)) throw notFound(`time ${stamp}`);
     let best: SnapshotInfo | undefined;
-    for (const s of this.cat.list()) if (s.createdMs <= t && (!best || s.createdMs >= best.createdMs)) best = s;
+    for (const s of this.snaps()) if (s.createdMs <= t && (!best || s.createdMs >= best.createdMs)) best = s;
     if (!best) throw notFound(`a snapshot at or before ${stamp}`);
     return best;
   }
@@ -236,7 +253,7 @@ export class StrataFs implements Namespace {
 
   /** tree/NAME/...: null for a directory, else the symlink target. */
   private treeLink(s: SnapshotInfo, rest: string[]): string | null {
-    const byId = new Map(this.cat.list().map((x) => [x.id, x]));
+    const byId = new Map(this.snaps().map((x) => [x.id, x]));
     if (rest.length === 1 && rest[0] === 'data') return `../../pools/capacity/${this.label(s)}`;
     if (rest.length === 1 && rest[0] === 'parent' && s.parent && byId.has(s.parent)) return `../${this.label(byId.get(s.parent)!)}`;
     if (rest.length === 1 && rest[0] === 'children') return null;
@@ -258,17 +275,17 @@ export class StrataFs implements Namespace {
       }
       case 'pools':
         if (parts.length === 0) return ['capacity', 'performance'];
-        if (parts.length === 1 && parts[0] === 'capacity') return this.cat.list().map(this.label);
+        if (parts.length === 1 && parts[0] === 'capacity') return this.snaps().map(this.label);
         if (parts.length === 1 && parts[0] === 'performance') {
           const held = new Set(this.pool.snapshots());
-          return this.cat.list().filter((x) => held.has(x.id)).map(this.label);
+          return this.snaps().filter((x) => held.has(x.id)).map(this.label);
         }
         break;
       case 'at':
-        if (parts.length === 0) return this.cat.list().map((s) => new Date(s.createdMs).toISOString());
+        if (parts.length === 0) return this.snaps().map((s) => new Date(s.createdMs).toISOString());
         break;
       case 'tree': {
-        if (parts.length === 0) return this.cat.list().map(this.label);
+        if (parts.length === 0) return this.snaps().map(this.label);
         const s = this.snapByName(parts[0]);
         if (parts.length === 1) return ['data', 'children', ...(s.parent ? ['parent'] : [])];
         if (parts.length === 2 && parts[1] === 'children') return this.cat.children(s.id).map(this.label);
@@ -647,11 +664,11 @@ export class StrataFs implements Namespace {
       mtimeNs: BigInt(root.mtimeUs) * 1000n, atimeNs: BigInt(root.atimeUs) * 1000n, size: 0, content: rootTree,
       xattrs: root.xattrs.length ? root.xattrs : undefined,
     };
-    const parent = this.head ? this.cat.list().find((s) => s.id === this.head) ?? null : null;
+    const parent = this.head ? this.snaps().find((s) => s.id === this.head) ?? null : null;
     const totals = this.totals(parent, entry);
     const snap = this.cat.create({ name: name ?? null, parent: parent?.id ?? null, source: null, entry, ...totals });
     this.cas.index.durable(() => this.cas.index.setMeta('live_head', snap.id));
-    this.statsCache = null;
+    this.catalogueChanged();
     // The performance pool catches up in the background; its view appears when it is done.
     this.pool.schedule(snap.id).catch((e: Error) => process.emitWarning(`performance pool update for ${snap.id} failed: ${e.message}`));
     return snap;
@@ -727,7 +744,7 @@ export class StrataFs implements Namespace {
       this.live.reset(root);
       this.cas.index.setMeta('live_head', snap.id);
     });
-    this.statsCache = null;
+    this.catalogueChanged();
     return snap;
   }
 

@@ -125,6 +125,25 @@ export class Catalogue {
     return info;
   }
 
+  /**
+   * Adds a snapshot received from a peer, keeping its id, time and parent link (the parent only
+   * if this store has it). Its objects must all be stored already. Idempotent: a snapshot that is
+   * already here is returned as it is. A name taken by another snapshot gets the id appended.
+   */
+  adopt(s: SnapshotInfo): SnapshotInfo {
+    const db = this.cas.index.db;
+    const existing = db.prepare('SELECT id FROM snapshots WHERE id = ?').get(s.id);
+    if (existing) return this.get(s.id);
+    let name = s.name;
+    if (name !== null && db.prepare('SELECT 1 FROM snapshots WHERE name = ? OR id = ?').get(name, name)) name = `${name}@${s.id}`;
+    const parent = s.parent && db.prepare('SELECT 1 FROM snapshots WHERE id = ?').get(s.parent) ? s.parent : null;
+    const info: SnapshotInfo = { ...s, name, parent };
+    const record = this.putRecord(ChunkKind.Snapshot, recordOf(info, 1));
+    this.cas.chunks.addRef(info.root, 1);
+    this.cas.chunks.commit(() => this.insertRow(info, record, 1), true);
+    return info;
+  }
+
   /** Removes a snapshot: its children are re-parented to its parent, then its data is released. */
   remove(ref: string): RemoveResult {
     const s = this.get(ref);
