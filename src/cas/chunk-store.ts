@@ -54,8 +54,8 @@ export const DEFAULT_CHUNK_STORE_OPTIONS: ChunkStoreOptions = {
 
 /** The part of CompressorPool the chunk store uses (results in submission order, never awaited). */
 export interface ParallelCompressor {
-  /** Queues a copy of `raw`; returns its sequence number. */
-  submit(raw: Uint8Array): number;
+  /** Queues a copy of `raw`; returns its sequence number and that copy (valid until dropped). */
+  submit(raw: Uint8Array): { seq: number; copy: Buffer };
   /** The next outcome in submission order; undefined if none is ready (wait=false) or none is in flight. */
   next(wait: boolean): CompressOutcome | undefined;
   /** Drops every job in flight (their outcomes are never returned). */
@@ -187,17 +187,16 @@ export class ChunkStore {
     const c = this.compressor as ParallelCompressor;
     // Bounds the raw bytes held for jobs in flight (here and in the workers).
     while (c.inFlightBytes > 0 && c.inFlightBytes + raw.length > c.maxInFlightBytes) this.collect(true);
-    // Our own copy: the caller may reuse its buffer once put() returns, and get() serves pending chunks from it.
-    p.raw = Buffer.allocUnsafeSlow(raw.length);
-    raw.copy(p.raw);
-    let seq: number;
+    // Keep the compressor's copy, not `raw`: the caller may reuse its buffer once put() returns.
+    let job;
     try {
-      seq = c.submit(p.raw);
+      job = c.submit(raw);
     } catch (e) {
       this.abort();
       throw e;
     }
-    this.compressing.set(seq, p);
+    p.raw = job.copy;
+    this.compressing.set(job.seq, p);
   }
 
   /**
@@ -311,9 +310,10 @@ export class ChunkStore {
     const key = handleKey(handle);
     const hit = this.data.get(key);
     if (hit) return hit;
-    // Still being compressed: the bytes the caller hashed are all there is yet.
+    // Still being compressed: the bytes the caller hashed are all there is yet. Copied, because the
+    // compressor's copy lives in memory shared with a worker.
     const inFlight = this.pending.get(key)?.raw;
-    if (inFlight) return inFlight;
+    if (inFlight) return Buffer.from(inFlight);
     const loc = this.locate(handle);
     if (!loc) throw notFound(`chunk ${shortHex(handle)}`);
     const raw = this.readVerified(handle, loc);

@@ -1,47 +1,54 @@
-// Worker thread of CompressorPool: compresses jobs from its port with codec.ts's rules and replies
-// on the same port, bumping a shared counter after each reply so a main thread sleeping in
-// Atomics.wait (it never runs its event loop while it waits) wakes up.
+// Worker thread of CompressorPool: compresses batches of jobs from its port with codec.ts's rules
+// and replies on the same port, bumping a shared counter after each reply so that a main thread
+// sleeping in Atomics.wait (it never runs its event loop while it waits) wakes up.
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { Codec } from '../types.js';
 import { compressChunk } from './codec.js';
 import {
-  SLOT_DEAD, SLOT_REPLIES, type CompressJob, type CompressReply, type CompressWorkerData,
+  SLOT_DEAD, SLOT_REPLIES, type CompressBatch, type CompressItem, type CompressReply, type CompressWorkerData,
 } from './compressor-pool.js';
 
-type Compress = (raw: Buffer) => { codec: Codec; payload: Buffer };
+export type Compress = (raw: Buffer) => { codec: Codec; payload: Buffer };
 
 /**
- * Answers every job arriving on `port` until the thread ends; `compress` is replaceable so tests can
- * inject faults. Raises SLOT_DEAD when the thread exits for any reason JS still sees (a crash included).
+ * Answers every batch arriving on `port` until the thread ends; `compress` is replaceable so tests
+ * can inject faults. Raises SLOT_DEAD when the thread exits for any reason JS still sees (a crash too).
  */
 export function serveCompression(port: MessagePort, signal: SharedArrayBuffer, compress: Compress = compressChunk): void {
   const flags = new Int32Array(signal);
-  const wake = () => Atomics.notify(flags, SLOT_REPLIES);
   process.on('exit', () => {
     Atomics.store(flags, SLOT_DEAD, 1);
-    wake();
+    Atomics.notify(flags, SLOT_REPLIES);
   });
-  port.on('message', (job: CompressJob) => {
-    let reply: CompressReply;
-    const transfer: ArrayBuffer[] = [];
-    try {
-      const { codec, payload } = compress(Buffer.from(job.raw.buffer, job.raw.byteOffset, job.raw.byteLength));
-      if (codec === Codec.Raw) {
-        reply = { seq: job.seq, codec, payload: null };
-      } else {
-        // Transfer an exact-size buffer: small Buffers live in a shared pool that must not move.
-        const own = payload.byteOffset === 0 && payload.buffer.byteLength === payload.length
-          ? payload.buffer as ArrayBuffer
-          : payload.buffer.slice(payload.byteOffset, payload.byteOffset + payload.length) as ArrayBuffer;
-        reply = { seq: job.seq, codec: Codec.Zstd, payload: new Uint8Array(own) };
-        transfer.push(own);
+  port.on('message', (batch: CompressBatch) => {
+    const items: CompressItem[] = [];
+    const payloads: Buffer[] = [];
+    let at = batch.data.byteOffset;
+    for (const length of batch.lengths) {
+      const raw = Buffer.from(batch.data.buffer, at, length);
+      at += length;
+      try {
+        const { codec, payload } = compress(raw);
+        if (codec === Codec.Raw) {
+          items.push({ codec });
+        } else {
+          items.push({ codec: Codec.Zstd, length: payload.length });
+          payloads.push(payload);
+        }
+      } catch (e) {
+        items.push({ error: e instanceof Error ? e.message : String(e) });
       }
-    } catch (e) {
-      reply = { seq: job.seq, error: e instanceof Error ? e.message : String(e) };
     }
-    port.postMessage(reply, transfer);
+    // One exact-size buffer, transferred rather than cloned.
+    const all = Buffer.concat(payloads);
+    const own = all.length === 0 ? new ArrayBuffer(0)
+      : all.byteOffset === 0 && all.buffer.byteLength === all.length
+      ? all.buffer as ArrayBuffer
+      : all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer;
+    const reply: CompressReply = { first: batch.first, items, payloads: new Uint8Array(own) };
+    port.postMessage(reply, [own]);
     Atomics.add(flags, SLOT_REPLIES, 1);
-    wake();
+    Atomics.notify(flags, SLOT_REPLIES);
   });
 }
 

@@ -5,6 +5,11 @@
 // which also means the Worker's own 'error'/'exit' events may not arrive while we wait: a dying
 // worker therefore raises a flag in shared memory itself, and a worker that stays silent for too
 // long is declared dead.
+//
+// Jobs travel in batches (one message of ~256 KiB rather than one per 16 KiB chunk): per-message
+// costs add up to as much as compressing incompressible data. A batch's raw bytes sit in a
+// SharedArrayBuffer: the worker reads them where they are, and the caller keeps a view of them as
+// its copy of the chunk until the payload is stored, so each chunk is copied once, not twice.
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import { invalid, StrataError } from '../errors.js';
 import { Codec } from '../types.js';
@@ -14,17 +19,28 @@ export const SLOT_REPLIES = 0;
 export const SLOT_DEAD = 1;
 export const SIGNAL_SLOTS = 2;
 
-/** What the pool posts to a worker; `raw` is the worker's own copy (transferred). */
-export interface CompressJob {
-  seq: number;
-  raw: Uint8Array;
+/** A batch of jobs for a worker: jobs first..first+lengths.length-1, their raw bytes back to back (shared memory). */
+export interface CompressBatch {
+  first: number;
+  lengths: number[];
+  data: Uint8Array;
 }
 
-/** A worker's reply: Raw means "store the raw bytes as they are", so they are not sent back. */
-export type CompressReply =
-  | { seq: number; codec: Codec.Raw; payload: null }
-  | { seq: number; codec: Codec.Zstd; payload: Uint8Array }
-  | { seq: number; error: string };
+/** A submitted job: its sequence number and the pool's copy of its raw bytes (never changed). */
+export interface SubmittedJob {
+  seq: number;
+  copy: Buffer;
+}
+
+/** The outcome of one job of a batch; Raw means "store the raw bytes as they are" (not sent back). */
+export type CompressItem = { codec: Codec.Raw } | { codec: Codec.Zstd; length: number } | { error: string };
+
+/** A worker's reply to one batch: an item per job, and the Zstd payloads back to back, in job order. */
+export interface CompressReply {
+  first: number;
+  items: CompressItem[];
+  payloads: Uint8Array;
+}
 
 /** One finished job, as next() hands it out. */
 export type CompressOutcome =
@@ -45,6 +61,8 @@ export interface CompressorPoolOptions {
   workers: number;
   /** Raw bytes submitted but not yet handed out by next(); callers keep below this for memory. */
   maxInFlightBytes: number;
+  /** Jobs are posted once this many raw bytes are collected (or when someone waits for them). */
+  batchBytes: number;
   /** A worker that returns nothing for this long while we wait for it is taken for dead. */
   stallTimeoutMs: number;
   /** Worker script (tests substitute a fault-injecting one). */
@@ -54,6 +72,7 @@ export interface CompressorPoolOptions {
 export const DEFAULT_COMPRESSOR_POOL_OPTIONS: CompressorPoolOptions = {
   workers: 1,
   maxInFlightBytes: 16 * 1024 * 1024,
+  batchBytes: 256 * 1024,
   stallTimeoutMs: 30_000,
   script: new URL('./compress-worker.js', import.meta.url),
 };
@@ -65,16 +84,29 @@ interface Slot {
   worker: Worker;
   port: MessagePort;
   signal: Int32Array;
+  /** Replies taken from the port; the worker's counter is ahead exactly when one is waiting there. */
+  received: number;
   /** Set from the Worker's events, when the event loop got a chance to deliver them. */
   failure: Error | null;
 }
 
-interface Job {
-  seq: number;
+interface Posted {
+  first: number;
+  lengths: number[];
   slot: Slot;
-  bytes: number;
-  /** Cancelled jobs are still collected (their replies are in the ports) but never handed out. */
-  cancelled: boolean;
+}
+
+/** The batch being filled: raw bytes are copied into `data` as they are submitted. */
+interface Filling {
+  first: number;
+  lengths: number[];
+  data: Buffer;
+  used: number;
+}
+
+interface Ready {
+  outcome: CompressOutcome;
+  rawLength: number;
 }
 
 /**
@@ -85,10 +117,13 @@ interface Job {
 export class CompressorPool {
   readonly opts: CompressorPoolOptions;
   private slots: Slot[] = [];
-  // FIFO of submitted jobs; `head` avoids shifting a long array on every result.
-  private jobs: Job[] = [];
-  private head = 0;
+  private filling: Filling | null = null;
+  private posted: Posted[] = [];
+  private ready: Ready[] = [];
+  private readyHead = 0;
   private nextSeq = 1;
+  /** Jobs below this sequence number were cancelled: collected, never handed out. */
+  private cancelledBelow = 1;
   private turn = 0;
   private bytes = 0;
   private broken: StrataError | null = null;
@@ -108,73 +143,82 @@ export class CompressorPool {
     return this.opts.maxInFlightBytes;
   }
 
-  /** Jobs submitted and not yet collected. */
-  get inFlight(): number {
-    return this.jobs.length - this.head;
-  }
-
   /**
-   * Queues `raw` for compression (it is copied; the caller keeps it) and returns the job's sequence
-   * number, increasing from 1. Never blocks; callers bound inFlightBytes themselves.
-   * Throws if the pool is broken (see next()) or closed.
+   * Queues a copy of `raw` for compression; returns the job's sequence number (increasing) and the
+   * copy, which stays valid and unchanged. Never blocks; callers bound inFlightBytes themselves.
+   * Throws if the pool is broken or closed.
    */
-  submit(raw: Uint8Array): number {
+  submit(raw: Uint8Array): SubmittedJob {
     if (this.closed) throw invalid('the compressor pool is closed');
     if (this.broken) throw this.broken;
     if (this.slots.length === 0) this.start();
-    const seq = this.nextSeq++;
-    const slot = this.slots[this.turn++ % this.slots.length];
-    // An exact-size copy, transferred: posting `raw` itself would clone its whole backing
-    // ArrayBuffer, which for a chunker's subarray can be megabytes.
-    const buffer = new ArrayBuffer(raw.length);
-    const copy = new Uint8Array(buffer);
-    copy.set(raw);
-    const job: CompressJob = { seq, raw: copy };
-    slot.port.postMessage(job, [buffer]);
-    this.jobs.push({ seq, slot, bytes: raw.length, cancelled: false });
+    let f = this.filling;
+    if (f && f.used + raw.length > f.data.length) {
+      this.flush();
+      f = null;
+    }
+    if (!f) {
+      // A fresh buffer per batch: views of it outlive the batch (as the callers' copies).
+      f = { first: this.nextSeq, lengths: [], data: Buffer.from(new SharedArrayBuffer(Math.max(this.opts.batchBytes, raw.length))), used: 0 };
+      this.filling = f;
+    }
+    f.data.set(raw, f.used);
+    const copy = f.data.subarray(f.used, f.used + raw.length);
+    f.used += raw.length;
+    f.lengths.push(raw.length);
     this.bytes += raw.length;
-    return seq;
+    if (f.used >= this.opts.batchBytes) this.flush();
+    return { seq: this.nextSeq++, copy };
   }
 
   /**
    * The oldest uncollected, uncancelled job's outcome, in submission order. With wait=false,
    * undefined when it is not finished yet; with wait=true, blocks until it is. Undefined when
    * nothing is in flight. A compression error is an outcome with `error` (the pool stays usable);
-   * a dead or silent worker throws EIO and breaks the pool until reset().
+   * a dead or silent worker throws EIO and breaks the pool until cancelAll() or reset().
    */
   next(wait: boolean): CompressOutcome | undefined {
     if (this.broken) throw this.broken;
-    while (this.head < this.jobs.length) {
-      const job = this.jobs[this.head];
-      const reply = this.receive(job, wait);
-      if (!reply) return undefined;
-      this.jobs[this.head++] = undefined as unknown as Job; // let the slot's memory go
-      if (this.head > 1024 && this.head * 2 > this.jobs.length) {
-        this.jobs = this.jobs.slice(this.head);
-        this.head = 0;
+    for (;;) {
+      while (this.readyHead < this.ready.length) {
+        const r = this.ready[this.readyHead++];
+        this.bytes -= r.rawLength;
+        if (r.outcome.seq >= this.cancelledBelow) return r.outcome;
       }
-      this.bytes -= job.bytes;
-      if (job.cancelled) continue;
-      return reply;
+      this.ready = [];
+      this.readyHead = 0;
+      if (this.posted.length === 0) {
+        if (!wait || !this.filling) return undefined;
+        this.flush();
+      }
+      if (!this.receive(this.posted[0], wait)) return undefined;
+      this.posted.shift();
     }
-    return undefined;
   }
 
-  /** Marks every job in flight as cancelled: their results will never be handed out. A broken pool is reset. */
+  /** Every job submitted so far is cancelled: its outcome will never be handed out. A broken pool is reset. */
   cancelAll(): void {
     if (this.broken) {
       this.reset();
       return;
     }
-    for (let i = this.head; i < this.jobs.length; i++) this.jobs[i].cancelled = true;
+    this.cancelledBelow = this.nextSeq;
+    // Not yet posted: no need to compress them at all.
+    if (this.filling) {
+      this.bytes -= this.filling.used;
+      this.filling = null;
+    }
   }
 
   /** Stops the workers and forgets every job; new workers start on the next submit. */
   reset(): void {
     this.stopWorkers();
-    this.jobs = [];
-    this.head = 0;
+    this.filling = null;
+    this.posted = [];
+    this.ready = [];
+    this.readyHead = 0;
     this.bytes = 0;
+    this.cancelledBelow = this.nextSeq;
     this.broken = null;
   }
 
@@ -190,7 +234,7 @@ export class CompressorPool {
       const sab = new SharedArrayBuffer(SIGNAL_SLOTS * Int32Array.BYTES_PER_ELEMENT);
       const data: CompressWorkerData = { port: port2, signal: sab, entry: this.opts.script.href };
       const worker = new Worker(this.opts.script, { workerData: data, transferList: [port2] });
-      const slot: Slot = { worker, port: port1, signal: new Int32Array(sab), failure: null };
+      const slot: Slot = { worker, port: port1, signal: new Int32Array(sab), received: 0, failure: null };
       // Without an 'error' listener a worker's crash would be rethrown in the main thread.
       worker.on('error', (e) => { slot.failure ??= e; });
       worker.on('exit', (code) => { slot.failure ??= new Error(`exited with code ${code}`); });
@@ -209,38 +253,66 @@ export class CompressorPool {
     this.slots = [];
   }
 
-  /** The reply for `job` (the head of its worker's queue), or undefined if !wait and not there yet. */
-  private receive(job: Job, wait: boolean): CompressOutcome | undefined {
-    const { slot } = job;
+  private flush(): void {
+    const f = this.filling;
+    if (!f) return;
+    this.filling = null;
+    const slot = this.slots[this.turn++ % this.slots.length];
+    const batch: CompressBatch = { first: f.first, lengths: f.lengths, data: f.data.subarray(0, f.used) };
+    slot.port.postMessage(batch);
+    this.posted.push({ first: f.first, lengths: f.lengths, slot });
+  }
+
+  /**
+   * Takes the reply to `batch` (the oldest posted, so the next message of its worker) into `ready`.
+   * Returns false if !wait and it has not arrived.
+   */
+  private receive(batch: Posted, wait: boolean): boolean {
+    const { slot } = batch;
     let since = Date.now();
     for (;;) {
-      // Read the counter before polling: a reply posted after the poll then changes it, so the
-      // wait below cannot miss the wake-up.
-      const seen = Atomics.load(slot.signal, SLOT_REPLIES);
-      const m = receiveMessageOnPort(slot.port) as { message: CompressReply } | undefined;
-      if (m) return this.decode(job, m.message);
+      // The worker bumps the counter after posting, so a counter ahead of `received` means a reply
+      // is in the port; polling only then keeps the common "nothing yet" case to one atomic load.
+      if (Atomics.load(slot.signal, SLOT_REPLIES) !== slot.received) {
+        const m = receiveMessageOnPort(slot.port) as { message: CompressReply } | undefined;
+        if (!m) this.fail('compression worker signalled a reply that is not there', null);
+        slot.received++;
+        this.accept(batch, m.message);
+        return true;
+      }
       if (Atomics.load(slot.signal, SLOT_DEAD) !== 0 || slot.failure) {
-        // The worker may have replied just before it died.
-        const last = receiveMessageOnPort(slot.port) as { message: CompressReply } | undefined;
-        if (last) return this.decode(job, last.message);
+        // It may have replied just before it died.
+        if (Atomics.load(slot.signal, SLOT_REPLIES) !== slot.received) continue;
         this.fail(`compression worker died${slot.failure ? `: ${slot.failure.message}` : ''}`, slot.failure);
       }
-      if (!wait) return undefined;
+      if (!wait) return false;
       if (Date.now() - since > this.opts.stallTimeoutMs) {
         this.fail(`compression worker returned nothing for ${this.opts.stallTimeoutMs} ms`, null);
       }
-      if (Atomics.wait(slot.signal, SLOT_REPLIES, seen, WAIT_SLICE_MS) !== 'timed-out') since = Date.now();
+      if (Atomics.wait(slot.signal, SLOT_REPLIES, slot.received, WAIT_SLICE_MS) !== 'timed-out') since = Date.now();
     }
   }
 
-  private decode(job: Job, r: CompressReply): CompressOutcome {
-    if (r.seq !== job.seq) this.fail(`compression worker answered job ${r.seq}, expected ${job.seq}`, null);
-    if ('error' in r) return r;
-    if (r.codec === Codec.Raw) return r;
-    if (r.codec === Codec.Zstd && r.payload instanceof Uint8Array) {
-      return { seq: r.seq, codec: r.codec, payload: Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength) };
+  private accept(batch: Posted, r: CompressReply): void {
+    if (r.first !== batch.first || !Array.isArray(r.items) || r.items.length !== batch.lengths.length || !(r.payloads instanceof Uint8Array)) {
+      this.fail(`compression worker sent a malformed reply for jobs from ${batch.first}`, null);
     }
-    return this.fail(`compression worker sent a malformed reply for job ${r.seq}`, null);
+    let at = 0;
+    r.items.forEach((item, i) => {
+      const seq = batch.first + i;
+      let outcome: CompressOutcome;
+      if ('error' in item) {
+        outcome = { seq, error: item.error };
+      } else if (item.codec === Codec.Raw) {
+        outcome = { seq, codec: Codec.Raw, payload: null };
+      } else if (item.codec === Codec.Zstd && Number.isInteger(item.length) && at + item.length <= r.payloads.length) {
+        outcome = { seq, codec: Codec.Zstd, payload: Buffer.from(r.payloads.buffer, r.payloads.byteOffset + at, item.length) };
+        at += item.length;
+      } else {
+        this.fail(`compression worker sent a malformed reply for job ${seq}`, null);
+      }
+      this.ready.push({ outcome, rawLength: batch.lengths[i] });
+    });
   }
 
   private fail(message: string, cause: unknown): never {

@@ -122,7 +122,7 @@ function takeLock(file: string): number {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const pid = Number.parseInt(fs.readFileSync(file, 'utf8'), 10);
-      if (Number.isFinite(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
+      if (Number.isFinite(pid) && pid > 0 && pid !== process.pid && processRunning(pid)) {
         throw new StrataError('ELOCKED', `store is in use by process ${pid} (lock ${file})`);
       }
       fs.rmSync(file, { force: true });
@@ -131,11 +131,18 @@ function takeLock(file: string): number {
   throw new StrataError('ELOCKED', `cannot take the store lock ${file}`);
 }
 
-function processAlive(pid: number): boolean {
+/** Whether a process is alive: it exists and is not a zombie (an unreaped dead daemon holds no lock). */
+export function processRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    // The state follows the command name in parentheses, which may itself contain ') '.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true; // no /proc: kill(0) is all we know
   }
 }

@@ -9,6 +9,9 @@
 // the connection stays usable and the daemon never crashes on input. Also here: where a daemon
 // keeps its files in the store, and how a client finds out who holds a store's lock.
 
+import { processRunning } from '../cas/store.js';
+
+export { processRunning };
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -136,18 +139,24 @@ export async function serveControl(socketPath: string, handlers: ControlHandlers
   const address = socketAddress(socketPath);
   const server = net.createServer((conn) => serveConnection(conn, handlers, log));
   // The umask makes the socket 0600 from its creation, so nobody can connect in the moment
-  // between listen() and chmod(); the chmod states the intent for filesystems that ignore umask.
+  // between listen() and chmod(). listen() binds synchronously (outside a cluster), so the
+  // process-wide umask is restored before anything else in this process creates a file.
+  const listening = new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.once('listening', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
   const oldMask = process.umask(0o177);
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(address.path, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    server.listen(address.path);
   } finally {
     process.umask(oldMask);
+  }
+  try {
+    await listening;
+  } finally {
     address.close();
   }
   fs.chmodSync(socketPath, 0o600);
@@ -288,21 +297,6 @@ const KNOWN_CODES = new Set<string>([
 ] satisfies ErrorCode[]);
 const asErrorCode = (code: unknown): ErrorCode => (typeof code === 'string' && KNOWN_CODES.has(code) ? code as ErrorCode : 'EIO');
 
-/** True when `pid` names a running process (a zombie, exited but not yet reaped, counts as gone). */
-export function processRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  try {
-    // The state follows the command name in parentheses, which may itself contain ') '.
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return true; // no /proc: kill(0) is all we know
-  }
-}
 
 /** The pid in a pid or lock file, or null. */
 export function readPidFile(file: string): number | null {

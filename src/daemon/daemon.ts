@@ -66,6 +66,24 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const files = daemonFiles(store);
   const log = openLog(files.log, Boolean(opts.foreground));
 
+  // Signals are caught from the start, so a stop requested while mounting (strata mount giving up)
+  // still unmounts and releases the lock instead of killing the process halfway.
+  let stopNow: ((reason: string) => unknown) | null = null;
+  let stopRequested: string | null = null;
+  const onSignal = (signal: string) => {
+    if (stopNow) stopNow(signal);
+    else stopRequested ??= `${signal} while mounting`;
+  };
+  const onHup = () => log.line('SIGHUP ignored (stop with SIGTERM or strata unmount)');
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', onHup);
+  const forgetSignals = () => {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    process.off('SIGHUP', onHup);
+  };
+
   let cas: CasStore | null = null;
   let mounted: MountableFs | null = null;
   let wrotePid = false;
@@ -113,6 +131,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     if (attempted) await unmountQuietly(mountpoint).catch((u) => log.line(`error: ${describe(u)}`));
     await cleanup();
     log.close();
+    forgetSignals();
     return 1;
   }
 
@@ -193,9 +212,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   }
   log.line(`mounted ${store} at ${mountpoint} (pid ${process.pid})`);
 
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGHUP', () => log.line('SIGHUP ignored (stop with SIGTERM or strata unmount)'));
+  stopNow = stop;
+  if (stopRequested) void stop(stopRequested);
   // A crash would leave a dead mount and lose buffered writes: flush and unmount on the way out.
   process.on('uncaughtException', (e) => {
     log.line(`error: uncaught exception: ${describe(e)}`);
@@ -212,6 +230,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const keepAlive = setInterval(() => undefined, 1 << 30);
   const code = await done;
   clearInterval(keepAlive);
+  forgetSignals();
   return code;
 }
 

@@ -48,11 +48,11 @@ function split(path: string): string[] {
   return path.split('/').filter((p) => p.length > 0);
 }
 
-/** Stable inode numbers for view entries (live inodes use their row ids, far below 2^40). */
+/** Stable inode numbers for view entries: fuse-native keeps 32 bits; live inodes use small row ids below 2^31. */
 function viewIno(key: string): number {
   let h = 0xcbf29ce484222325n;
   for (let i = 0; i < key.length; i++) h = BigInt.asUintN(64, (h ^ BigInt(key.charCodeAt(i))) * 0x100000001b3n);
-  return 2 ** 40 + Number(h % 2n ** 40n);
+  return 2 ** 31 + Number(h % 2n ** 31n);
 }
 
 export class StrataFs implements Namespace {
