@@ -99,7 +99,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     checkMountpoint(mountpoint);
     clearZombieLock(files.lock, log.line);
     try {
-      cas = CasStore.open(store, { write: true });
+      cas = CasStore.open(store, { write: true, relaxed: true });
     } catch (e) {
       throw explainLockError(store, e);
     }

@@ -17,8 +17,9 @@
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import type net from 'node:net';
 import { invalid, StrataError } from '../errors.js';
-import { connect, FramedConnection, type Address, type ConnectionOptions } from './connection.js';
+import { connect, formatAddress, FramedConnection, parseAddress, type Address, type ConnectionOptions } from './connection.js';
 import { HANDSHAKE_MAX_FRAME_BODY, ProtocolError } from './frame.js';
 import { NONCE_BYTES, type Role } from './messages.js';
 
@@ -109,10 +110,10 @@ export function proofOf(secret: Buffer, role: Role, peerNonce: Buffer, ownNonce:
  * EPROTO on a protocol violation, ETIMEDOUT, ECLOSED) after closing the connection.
  */
 export async function authenticate(conn: FramedConnection, secret: Buffer, role: Role): Promise<void> {
-  if (secret.length < MIN_SECRET_BYTES) throw invalid(`the shared secret must be at least ${MIN_SECRET_BYTES} bytes`);
   const limit = conn.maxFrame;
   conn.maxFrame = Math.min(limit, HANDSHAKE_MAX_FRAME_BODY);
   try {
+    if (secret.length < MIN_SECRET_BYTES) throw invalid(`the shared secret must be at least ${MIN_SECRET_BYTES} bytes`);
     const nonce = crypto.randomBytes(NONCE_BYTES);
     conn.sendMessage({ type: 'CHALLENGE', role, nonce });
     const challenge = await conn.expect('CHALLENGE');
@@ -156,14 +157,15 @@ function fail(conn: FramedConnection, e: ProtocolError, peerMessage: string): ne
 
 /** Connects to `address` and authenticates as `role`; resolves with the ready connection. */
 export async function dial(address: Address | string, secret: Buffer, role: Role, opts: ConnectionOptions = {}): Promise<FramedConnection> {
-  const socket = await connect(address, { timeoutMs: opts.timeoutMs });
-  const conn = new FramedConnection(socket, opts);
+  const addr = typeof address === 'string' ? parseAddress(address) : address;
+  const socket = await connect(addr, { timeoutMs: opts.timeoutMs });
+  const conn = new FramedConnection(socket, { peerName: `peer ${formatAddress(addr)}`, ...opts });
   await authenticate(conn, secret, role);
   return conn;
 }
 
 /** Wraps an accepted socket and authenticates as `role`; resolves with the ready connection. */
-export async function accept(socket: import('node:net').Socket, secret: Buffer, role: Role, opts: ConnectionOptions = {}): Promise<FramedConnection> {
+export async function accept(socket: net.Socket, secret: Buffer, role: Role, opts: ConnectionOptions = {}): Promise<FramedConnection> {
   const conn = new FramedConnection(socket, opts);
   await authenticate(conn, secret, role);
   return conn;
