@@ -18,6 +18,7 @@ import { Chunking, type SnapshotInfo, type TreeEntry } from '../types.js';
 import { displayPath, formatBytes, isoTime, jsonPath, modeString, Progress, snapshotLabel } from './format.js';
 import { drawTemporalTree } from './log-draw.js';
 import { explainLockError, MOUNT_OPTIONS, MOUNT_USAGE, mountCommands } from './mount-commands.js';
+import { REPLICATION_OPTIONS, REPLICATION_USAGE, replicationCommands } from './replication-commands.js';
 
 const USAGE = `usage: strata <command> [options]   (every command takes --store DIR or STRATA_STORE)
 
@@ -38,6 +39,7 @@ const USAGE = `usage: strata <command> [options]   (every command takes --store 
   verify --fingerprints             per object, the share of its bytes fingerprint checks have covered
   index rebuild                     rebuild the index from the containers alone
 ${MOUNT_USAGE}
+${REPLICATION_USAGE}
 
   --json    machine-readable output`;
 
@@ -367,6 +369,7 @@ export async function main(argv: string[]): Promise<number> {
         'performance-threshold': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         ...MOUNT_OPTIONS,
+        ...REPLICATION_OPTIONS,
       },
     });
   } catch (e) {
@@ -386,13 +389,13 @@ export async function main(argv: string[]): Promise<number> {
       json: Boolean(parsed.values.json), values: parsed.values, args,
     });
   }
-  const fn = commands[cmd];
+  const fn = commands[cmd] ?? replicationCommands[cmd];
   if (!fn) {
     process.stderr.write(`strata: unknown command '${cmd}'\n${USAGE}\n`);
     return 2;
   }
-  const store = (parsed.values.store as string | undefined) ?? process.env.STRATA_STORE;
-  if (!store) {
+  const store = (parsed.values.store as string | undefined) ?? process.env.STRATA_STORE ?? (cmd === 'keygen' ? '' : undefined);
+  if (store === undefined) {
     process.stderr.write(`strata: no store given: pass --store DIR or set STRATA_STORE\n`);
     return 2;
   }

@@ -15,7 +15,7 @@ import {
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { isMounted, unmountQuietly } from '../fuse/mount-options.js';
 
-export const MOUNT_USAGE = `  mount STORE MOUNTPOINT [--foreground]
+export const MOUNT_USAGE = `  mount STORE MOUNTPOINT [--foreground] [--listen ADDRESS --key KEYFILE [--keep N]]
                                     serve the store at MOUNTPOINT (a daemon; --foreground stays attached)
   unmount MOUNTPOINT                flush, unmount and stop the daemon
   snapshot [--name N]               snapshot the live tree (through the mount when mounted)
@@ -85,6 +85,17 @@ async function daemonStatus(store: string, timeoutMs = 5000): Promise<StatusResu
   }
 }
 
+/** --listen/--key/--keep pass through to the daemon (it then also receives replication). */
+function replicationArgs(values: MountCtx['values']): string[] {
+  const out: string[] = [];
+  for (const k of ['listen', 'key', 'keep'] as const) {
+    const v = values[k];
+    if (typeof v === 'string') out.push(`--${k}`, k === 'key' ? path.resolve(v) : v);
+  }
+  if (out.length && (typeof values.listen !== 'string' || typeof values.key !== 'string')) throw invalid('--listen and --key go together');
+  return out;
+}
+
 async function mount(ctx: MountCtx): Promise<number | void> {
   if (ctx.args.length > 2) throw invalid('usage: strata mount STORE MOUNTPOINT [--foreground]');
   const [first, second] = ctx.args;
@@ -100,7 +111,12 @@ async function mount(ctx: MountCtx): Promise<number | void> {
 
   if (ctx.values.foreground) {
     const { runDaemon } = await import('../daemon/daemon.js');
-    const code = await runDaemon({ store, mountpoint, foreground: true });
+    const r = replicationArgs(ctx.values);
+    const keep = ctx.values.keep === undefined ? undefined : Number(ctx.values.keep);
+    const code = await runDaemon({
+      store, mountpoint, foreground: true, listen: r.length ? (ctx.values.listen as string) : undefined,
+      keyFile: r.length ? path.resolve(ctx.values.key as string) : undefined, keep,
+    });
     // fuse-native may keep a handle open after unmounting; do not linger because of it.
     setTimeout(() => process.exit(code), 1000).unref();
     return code;
@@ -111,7 +127,7 @@ async function mount(ctx: MountCtx): Promise<number | void> {
   const logStart = fs.fstatSync(logFd).size;
   let child;
   try {
-    child = spawn(process.execPath, [DAEMON, '--store', store, '--mountpoint', mountpoint], {
+    child = spawn(process.execPath, [DAEMON, '--store', store, '--mountpoint', mountpoint, ...replicationArgs(ctx.values)], {
       detached: true,
       stdio: ['ignore', logFd, logFd],
       cwd: '/',

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import type net from 'node:net';
 import Fuse from 'fuse-native';
 import { CasStore } from '../cas/store.js';
+import { startReplicationServer, type ReplicationServer } from '../replication/server.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
 import { buildFuseOps } from '../fuse/fuse-ops.js';
@@ -43,6 +44,11 @@ export interface DaemonOptions {
   mountpoint: string;
   /** Also write log lines to stderr (an interactive or systemd --foreground run). */
   foreground?: boolean;
+  /** Receive replicated snapshots on this address (HOST:PORT or unix:PATH), authenticated with keyFile. */
+  listen?: string;
+  keyFile?: string;
+  /** Keep only the latest N snapshots per branch of what peers send. */
+  keep?: number;
 }
 
 /**
@@ -142,9 +148,11 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   let server: net.Server | null = null;
   let watcher: NodeJS.Timeout | null = null;
   const fsRef = mounted;
+  let replication: ReplicationServer | null = null;
   const stop = (reason: string): Promise<number> => (stopping ??= (async () => {
     log.line(`stopping: ${reason}`);
     if (watcher) clearInterval(watcher);
+    await replication?.close().catch((e) => log.line(`error: closing the replication listener: ${describe(e)}`));
     let code = 0;
     try {
       await fsRef.flushAll();
@@ -211,6 +219,26 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     return stop('no control socket');
   }
   log.line(`mounted ${store} at ${mountpoint} (pid ${process.pid})`);
+  if (opts.listen) {
+    if (!(fsRef instanceof StrataFs) || !opts.keyFile) {
+      log.line('error: --listen needs --key and the real filesystem');
+      return stop('cannot listen for replication');
+    }
+    const live = fsRef;
+    try {
+      // Replicated snapshots appear in the mount as they commit.
+      replication = await startReplicationServer(cas!, live.cat, {
+        listen: opts.listen, keyFile: opts.keyFile, keepPerBranch: opts.keep, log: log.line,
+        onCommit: (snap) => {
+          live.catalogueChanged();
+          live.pool.schedule(snap.id).catch((e: Error) => log.line(`error: performance pool: ${e.message}`));
+        },
+      });
+    } catch (e) {
+      log.line(`error: replication listener on ${opts.listen}: ${describe(e)}`);
+      return stop('no replication listener');
+    }
+  }
 
   stopNow = stop;
   if (stopRequested) void stop(stopRequested);
@@ -371,21 +399,30 @@ async function main(argv: string[]): Promise<void> {
   let store: string | undefined;
   let mountpoint: string | undefined;
   let foreground = false;
+  let listen: string | undefined;
+  let keyFile: string | undefined;
+  let keep: number | undefined;
   try {
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { store: { type: 'string' }, mountpoint: { type: 'string' }, foreground: { type: 'boolean' } },
+      options: {
+        store: { type: 'string' }, mountpoint: { type: 'string' }, foreground: { type: 'boolean' },
+        listen: { type: 'string' }, key: { type: 'string' }, keep: { type: 'string' },
+      },
     });
     store = values.store ?? process.env.STRATA_STORE;
     mountpoint = values.mountpoint ?? positionals[0];
     foreground = Boolean(values.foreground);
+    listen = values.listen;
+    keyFile = values.key;
+    keep = values.keep === undefined ? undefined : Number(values.keep);
     if (!store || !mountpoint || positionals.length > 1) throw new Error('usage: daemon.js --store DIR --mountpoint MNT [--foreground]');
   } catch (e) {
     process.stderr.write(`strata-daemon: ${(e as Error).message}\n`);
     process.exit(2);
   }
-  const code = await runDaemon({ store, mountpoint, foreground });
+  const code = await runDaemon({ store, mountpoint, foreground, listen, keyFile, keep });
   process.exitCode = code;
   // fuse-native may keep a handle open after unmounting; do not linger because of it.
   setTimeout(() => process.exit(code), 1000).unref();
