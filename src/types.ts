@@ -171,6 +171,21 @@ export interface SnapshotInfo {
   fileCount: number;
 }
 
+/** A snapshot as written into a container (JSON), so the catalogue can be rebuilt from containers. */
+export interface SnapshotRecord {
+  v: 1;
+  id: string;
+  name: string | null;
+  parent: string | null;
+  source: string | null;
+  root: string;
+  rootType: 'dir' | 'file';
+  createdMs: number;
+  logicalBytes: number;
+  fileCount: number;
+  seq: number;
+}
+
 /** File attributes as the filesystem layer reports them (times in milliseconds since the epoch). */
 export interface Attr {
   ino: number;

@@ -23,10 +23,8 @@ export function serveCompression(port: MessagePort, signal: SharedArrayBuffer, c
   port.on('message', (batch: CompressBatch) => {
     const items: CompressItem[] = [];
     const payloads: Buffer[] = [];
-    let at = batch.data.byteOffset;
-    for (const length of batch.lengths) {
-      const raw = Buffer.from(batch.data.buffer, at, length);
-      at += length;
+    batch.lengths.forEach((length, i) => {
+      const raw = Buffer.from(batch.data.buffer, batch.data.byteOffset + batch.offsets[i], length);
       try {
         const { codec, payload } = compress(raw);
         if (codec === Codec.Raw) {
@@ -38,7 +36,7 @@ export function serveCompression(port: MessagePort, signal: SharedArrayBuffer, c
       } catch (e) {
         items.push({ error: e instanceof Error ? e.message : String(e) });
       }
-    }
+    });
     // One exact-size buffer, transferred rather than cloned.
     const all = Buffer.concat(payloads);
     const own = all.length === 0 ? new ArrayBuffer(0)

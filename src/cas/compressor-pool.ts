@@ -20,9 +20,10 @@ export const SLOT_REPLIES = 0;
 export const SLOT_DEAD = 1;
 export const SIGNAL_SLOTS = 2;
 
-/** A batch of jobs for a worker: jobs first..first+lengths.length-1, their raw bytes back to back (shared memory). */
+/** A batch of jobs for a worker: jobs first..first+lengths.length-1, job i's raw bytes at offsets[i] of `data` (shared memory). */
 export interface CompressBatch {
   first: number;
+  offsets: number[];
   lengths: number[];
   data: Uint8Array;
 }
@@ -104,9 +105,13 @@ interface Posted {
 /** The batch being filled: raw bytes are copied into `data` as they are submitted. */
 interface Filling {
   first: number;
+  offsets: number[];
   lengths: number[];
   data: Buffer;
+  /** Bytes of `data` taken, padding included. */
   used: number;
+  /** Raw bytes of its jobs. */
+  bytes: number;
 }
 
 interface Ready {
@@ -160,24 +165,31 @@ export class CompressorPool {
     if (this.closed) throw invalid('the compressor pool is closed');
     if (this.broken) throw this.broken;
     if (this.slots.length === 0) this.start();
+    // Copies into shared memory go word by word only when source and destination share their
+    // alignment (else byte by byte, ~8x slower), so each copy starts at a matching offset.
+    const pad = (raw.byteOffset - (this.filling?.used ?? 0)) & 7;
     let f = this.filling;
-    if (f && f.used + raw.length > f.data.length) {
+    if (f && f.used + pad + raw.length > f.data.length) {
       this.flush();
       f = null;
     }
     if (!f) {
-      const data = raw.length <= this.opts.batchBytes
-        ? this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(this.opts.batchBytes))
-        : Buffer.from(new SharedArrayBuffer(raw.length));
-      f = { first: this.nextSeq, lengths: [], data, used: 0 };
+      const size = raw.length + 8 <= this.opts.batchBytes ? this.opts.batchBytes : raw.length + 8;
+      const data = size === this.opts.batchBytes
+        ? this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(size))
+        : Buffer.from(new SharedArrayBuffer(size));
+      f = { first: this.nextSeq, offsets: [], lengths: [], data, used: 0, bytes: 0 };
       this.filling = f;
     }
-    f.data.set(raw, f.used);
-    const copy = f.data.subarray(f.used, f.used + raw.length);
-    f.used += raw.length;
+    const at = f.used + ((raw.byteOffset - f.used) & 7);
+    f.data.set(raw, at);
+    f.used = at + raw.length;
+    f.offsets.push(at);
     f.lengths.push(raw.length);
+    f.bytes += raw.length;
     this.bytes += raw.length;
-    if (f.used >= this.opts.batchBytes) this.flush();
+    const copy = f.data.subarray(at, f.used);
+    if (f.used >= this.opts.batchBytes - 8) this.flush();
     return { seq: this.nextSeq++, copy };
   }
 
@@ -216,7 +228,7 @@ export class CompressorPool {
     this.cancelledBelow = this.nextSeq;
     // Not yet posted: no need to compress them at all.
     if (this.filling) {
-      this.bytes -= this.filling.used;
+      this.bytes -= this.filling.bytes;
       this.recycle(this.filling.data);
       this.filling = null;
     }
@@ -278,7 +290,7 @@ export class CompressorPool {
     if (!f) return;
     this.filling = null;
     const slot = this.slots[this.turn++ % this.slots.length];
-    const batch: CompressBatch = { first: f.first, lengths: f.lengths, data: f.data.subarray(0, f.used) };
+    const batch: CompressBatch = { first: f.first, offsets: f.offsets, lengths: f.lengths, data: f.data.subarray(0, f.used) };
     slot.port.postMessage(batch);
     this.posted.push({ first: f.first, lengths: f.lengths, data: f.data, slot });
   }

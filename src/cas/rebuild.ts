@@ -3,7 +3,7 @@ import path from 'node:path';
 import { handleFromHex } from './hash.js';
 import { IndexDb } from './index-db.js';
 import { readContainerRecords } from './container-file.js';
-import { ChunkKind, type Handle } from '../types.js';
+import { ChunkKind, type Handle, type SnapshotRecord } from '../types.js';
 import type { CasStore } from './store.js';
 
 // Rebuilds the index from containers alone: chunk locations from each container's footer (or a
@@ -17,20 +17,6 @@ export interface RebuildResult {
   problems: string[];
   /** Where the previous index was moved. */
   backup: string | null;
-}
-
-interface Rec {
-  v: 1;
-  id: string;
-  name: string | null;
-  parent: string | null;
-  source: string | null;
-  root: string;
-  rootType: 'dir' | 'file';
-  createdMs: number;
-  logicalBytes: number;
-  fileCount: number;
-  seq: number;
 }
 
 /** `reopen` is called with the fresh index file path and must return a store using it. */
@@ -48,7 +34,7 @@ export function rebuildIndex(dir: string, reopen: () => CasStore): RebuildResult
   try {
     const db = cas.index.db;
     const ids = cas.blobs.list().map((n) => /^c(\d+)$/.exec(n)).filter((m) => m !== null).map((m) => Number(m[1])).sort((a, b) => a - b);
-    const snapRecords = new Map<string, { rec: Rec; handle: Handle }>();
+    const snapRecords = new Map<string, { rec: SnapshotRecord; handle: Handle }>();
     const removed = new Set<string>();
     const nodes: { handle: Handle; kind: ChunkKind }[] = [];
     const tombstones: Handle[] = [];
@@ -67,7 +53,7 @@ export function rebuildIndex(dir: string, reopen: () => CasStore): RebuildResult
           result.chunks++;
           if (r.kind === ChunkKind.Node || r.kind === ChunkKind.TreeRoot) nodes.push({ handle: r.handle, kind: r.kind });
           else if (r.kind === ChunkKind.Snapshot || r.kind === ChunkKind.Tombstone) {
-            const value = JSON.parse(cas.chunks.get(r.handle).toString('utf8')) as Rec & { removed?: string };
+            const value = JSON.parse(cas.chunks.get(r.handle).toString('utf8')) as SnapshotRecord & { removed?: string };
             if (r.kind === ChunkKind.Tombstone) {
               if (value.removed) removed.add(value.removed);
               tombstones.push(r.handle);

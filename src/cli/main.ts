@@ -43,7 +43,8 @@ ${REPLICATION_USAGE}
 
   --json    machine-readable output`;
 
-interface Ctx {
+/** What every command gets: its store, --json, the parsed options and the positional arguments. */
+export interface Ctx {
   store: string;
   json: boolean;
   values: Record<string, string | boolean | undefined>;

@@ -8,6 +8,7 @@ import { Catalogue } from '../temporal/catalogue.js';
 import { temporalOrder } from '../cas/gc.js';
 import type { SnapshotInfo } from '../types.js';
 import { formatBytes } from './format.js';
+import type { Ctx } from './main.js';
 
 // strata keygen / serve / replicate.
 
@@ -27,12 +28,6 @@ export const REPLICATION_OPTIONS = {
   'no-hybrid': { type: 'boolean' },
 } as const;
 
-interface Ctx {
-  store: string;
-  json: boolean;
-  values: Record<string, string | boolean | undefined>;
-  args: string[];
-}
 
 const out = (s: string) => process.stdout.write(s + '\n');
 

@@ -4,24 +4,13 @@ import type { SnapshotRow } from '../cas/index-db.js';
 import { releaseRefs, type ReleaseResult } from '../cas/release.js';
 import type { CasStore } from '../cas/store.js';
 import { invalid, notFound, StrataError } from '../errors.js';
-import { ChunkKind, type Handle, type SnapshotInfo, type TreeEntry } from '../types.js';
+import { ChunkKind, type Handle, type SnapshotInfo, type SnapshotRecord, type TreeEntry } from '../types.js';
+
+export type { SnapshotRecord };
 
 // Snapshots and the temporal tree. Each snapshot is also written as a record chunk into a
 // container before its row commits, so `index rebuild` can recover the catalogue from containers.
 
-export interface SnapshotRecord {
-  v: 1;
-  id: string;
-  name: string | null;
-  parent: string | null;
-  source: string | null;
-  root: string;
-  rootType: 'dir' | 'file';
-  createdMs: number;
-  logicalBytes: number;
-  fileCount: number;
-  seq: number;
-}
 
 export interface NewSnapshot {
   name?: string | null;
