@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'EXDEV'
   | 'EBADF'
   | 'ENOSPC'
+  | 'EOPNOTSUPP'
   | 'EIO';
 
 export class StrataError extends Error {

@@ -64,13 +64,16 @@ export const replicationCommands: Record<string, (ctx: Ctx) => Promise<void> | v
     if (!ctx.values.listen || !ctx.values.key) throw invalid('usage: strata serve --store DIR --listen HOST:PORT|unix:PATH --key KEYFILE [--keep N]');
     const cas = CasStore.open(ctx.store, { write: true, relaxed: true });
     const cat = new Catalogue(cas);
+    const pool = new PerformancePool(cas, cat);
+    const log = (m: string) => process.stderr.write(`${new Date().toISOString()} ${m}\n`);
     try {
       const server = await startReplicationServer(cas, cat, {
         listen: ctx.values.listen as string,
         keyFile: ctx.values.key as string,
         keepPerBranch: keepOption(ctx.values.keep),
-        onCommit: (s) => { void new PerformancePool(cas, cat).update(s.id); },
-        log: (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
+        // One pool, one queue: updates run one after another and a failure is logged, not fatal.
+        onCommit: (s) => { pool.schedule(s.id).catch((e: Error) => log(`performance pool update for ${s.id} failed: ${e.message}`)); },
+        log,
       });
       out(`serving ${ctx.store} for replication on ${server.address}`);
       await new Promise<void>((resolve) => {
@@ -79,6 +82,7 @@ export const replicationCommands: Record<string, (ctx: Ctx) => Promise<void> | v
         process.once('SIGINT', stop);
       });
       await server.close();
+      await pool.idle();
     } finally {
       cas.close();
     }

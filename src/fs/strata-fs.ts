@@ -604,6 +604,9 @@ export class StrataFs implements Namespace {
   }
 
   setxattr(path: string, name: string, value: Buffer, flags: number): void {
+    // POSIX ACLs are not kept: refusing them makes cp -a and friends fall back to chmod, so the
+    // mode survives (storing them as plain attributes would leave the mode at the umask's).
+    if (name.startsWith('system.posix_acl_')) throw new StrataError('EOPNOTSUPP', 'POSIX ACLs are not supported; use the mode');
     const i = this.resolve(this.livePath(path));
     const XATTR_CREATE = 1;
     const XATTR_REPLACE = 2;

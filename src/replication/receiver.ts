@@ -18,6 +18,11 @@ import { storeId } from './store-id.js';
 // complete subtree. A snapshot commits last, in one transaction, once its root is present and its
 // fingerprints match; an interrupted transfer resumes by answering offers from the index.
 
+/** A sender silent for this long is dropped (it may resume later: nothing acknowledged is lost). */
+const IDLE_MS = 5 * 60_000;
+/** Received chunks are made durable at least this often, so a killed receiver keeps most of them. */
+const COMMIT_EVERY_BYTES = 8 * 1024 * 1024;
+
 export interface ReceiveOptions {
   /** Keep only the latest N snapshots per branch after each commit (undefined: keep all). */
   keepPerBranch?: number;
@@ -36,13 +41,14 @@ export interface ReceiveReport {
 /** Serves one authenticated sender until it says DONE or the connection ends. */
 export async function receiveSnapshots(cas: CasStore, cat: Catalogue, conn: FramedConnection, opts: ReceiveOptions = {}): Promise<ReceiveReport> {
   const report: ReceiveReport = { peer: null, committed: [], chunksStored: 0, bytesStored: 0 };
-  const hello = await conn.expect('HELLO', 0);
+  const hello = await conn.expect('HELLO', IDLE_MS);
   report.peer = hello.storeId;
   conn.sendMessage({ type: 'HELLO', storeId: storeId(cas) });
   const ledger = new FingerprintLedger(cas.index.db);
+  let sinceCommit = 0;
   try {
     for (;;) {
-      const m = await conn.nextMessage(0);
+      const m = await conn.nextMessage(IDLE_MS);
       switch (m.type) {
         case 'HOLDINGS_QUERY': {
           const snaps = new Map(cat.list().map((s) => [s.id, s]));
@@ -59,6 +65,11 @@ export async function receiveSnapshots(cas: CasStore, cat: Catalogue, conn: Fram
           if (storeChunk(cas, m)) {
             report.chunksStored++;
             report.bytesStored += m.payload.length;
+            sinceCommit += m.payload.length;
+            if (sinceCommit >= COMMIT_EVERY_BYTES) {
+              cas.chunks.commit();
+              sinceCommit = 0;
+            }
           }
           break;
         case 'COMMIT': {
@@ -118,7 +129,11 @@ function storeChunk(cas: CasStore, m: MessageOf<'CHUNK'>): boolean {
 
 function commitSnapshot(cas: CasStore, cat: Catalogue, ledger: FingerprintLedger, m: MessageOf<'COMMIT'>): SnapshotInfo {
   const info = parseRecord(m.record);
-  if (!cas.chunks.has(info.root)) throw new StrataError('EINVAL', `snapshot ${info.id}: its root ${shortHex(info.root)} has not arrived`);
+  const loc = cas.chunks.locate(info.root);
+  if (!loc) throw new StrataError('EINVAL', `snapshot ${info.id}: its root ${shortHex(info.root)} has not arrived`);
+  // A snapshot root is a one-entry tree holding a directory or a file (see Catalogue.create).
+  const top = loc.kind === ChunkKind.TreeRoot ? cas.objects.readTree(info.root) : [];
+  if (top.length !== 1 || top[0].type !== info.rootType) throw invalid(`snapshot ${info.id}: its root is not a snapshot root`);
   const checks = decodeFingerprints(m.fingerprint);
   for (const f of checks) {
     if (!cas.chunks.has(f.root)) throw invalid(`fingerprint for an object that has not arrived: ${shortHex(f.root)}`);

@@ -8,6 +8,8 @@ import { receiveSnapshots, type ReceiveOptions } from './receiver.js';
 // The replication listener of a store (`strata serve`, or the mount daemon with --listen).
 // Senders are served one at a time: the store has a single writer.
 
+const HANDSHAKE_MS = 10_000;
+
 export interface ServeOptions extends ReceiveOptions {
   listen: string;
   keyFile: string;
@@ -26,14 +28,25 @@ export async function startReplicationServer(cas: CasStore, cat: Catalogue, opts
   const server = await listen(parseAddress(opts.listen), (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
+    // The handshake runs at once, outside the queue: a peer that never authenticates must not
+    // hold up the others. Authenticated senders are then served one at a time (one writer).
+    const authed = accept(socket, secret, 'receiver', { timeoutMs: HANDSHAKE_MS });
+    authed.catch((e: Error) => {
+      log(`replication refused: ${e.message}`);
+      socket.destroy();
+    });
     queue = queue.then(async () => {
-      if (socket.destroyed) return;
+      let conn;
       try {
-        const conn = await accept(socket, secret, 'receiver');
+        conn = await authed;
+      } catch {
+        return;
+      }
+      try {
         const r = await receiveSnapshots(cas, cat, conn, opts);
         log(`replication from ${r.peer}: committed ${r.committed.length} snapshots, stored ${r.chunksStored} chunks`);
       } catch (e) {
-        log(`replication refused or failed: ${(e as Error).message}`);
+        log(`replication failed: ${(e as Error).message}`);
         socket.destroy();
       }
     });
