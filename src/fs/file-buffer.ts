@@ -10,7 +10,7 @@ export interface Extent {
 }
 
 export class FileBuffer {
-  /** Extents sorted by offset, never overlapping or touching. */
+  /** Extents sorted by offset, never overlapping (they may touch). */
   extents: Extent[] = [];
   dirtyBytes = 0;
   /** Logical size including unflushed writes and truncation. */
@@ -33,29 +33,39 @@ export class FileBuffer {
     return this.extents.length > 0 || this.resized;
   }
 
-  /** Records a write (copying `data`); later writes win where they overlap. */
+  /**
+   * Records a write (copying `data`); later writes win where they overlap. Sequential writes only
+   * append an extent (no copying of what is already buffered); overlapping ones are folded.
+   */
   write(offset: number, data: Buffer): void {
     if (data.length === 0) return;
     const end = offset + data.length;
-    const keep: Extent[] = [];
-    let merged = Buffer.from(data);
-    let mOff = offset;
-    for (const e of this.extents) {
-      const eEnd = e.offset + e.data.length;
-      if (eEnd < mOff || e.offset > mOff + merged.length) { keep.push(e); continue; }
-      // Overlapping or touching: fold into one extent, new bytes on top.
-      const nOff = Math.min(mOff, e.offset);
-      const nEnd = Math.max(mOff + merged.length, eEnd);
-      const buf = Buffer.allocUnsafe(nEnd - nOff);
-      e.data.copy(buf, e.offset - nOff);
-      merged.copy(buf, mOff - nOff);
-      merged = buf;
-      mOff = nOff;
+    const ex = this.extents;
+    // First extent that ends after `offset` (extents are sorted and disjoint).
+    let lo = 0;
+    let hi = ex.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (ex[mid].offset + ex[mid].data.length <= offset) lo = mid + 1;
+      else hi = mid;
     }
-    keep.push({ offset: mOff, data: merged });
-    keep.sort((a, b) => a.offset - b.offset);
-    this.extents = keep;
-    this.dirtyBytes = keep.reduce((s, e) => s + e.data.length, 0);
+    let last = lo;
+    while (last < ex.length && ex[last].offset < end) last++;
+    let piece: Extent = { offset, data: Buffer.from(data) };
+    if (last > lo) {
+      // Overlap: one extent covering old and new, new bytes on top.
+      const nOff = Math.min(offset, ex[lo].offset);
+      const nEnd = Math.max(end, ex[last - 1].offset + ex[last - 1].data.length);
+      const buf = Buffer.allocUnsafe(nEnd - nOff);
+      for (let i = lo; i < last; i++) {
+        ex[i].data.copy(buf, ex[i].offset - nOff);
+        this.dirtyBytes -= ex[i].data.length;
+      }
+      data.copy(buf, offset - nOff);
+      piece = { offset: nOff, data: buf };
+    }
+    ex.splice(lo, last - lo, piece);
+    this.dirtyBytes += piece.data.length;
     if (end > this.size) this.size = end;
   }
 
