@@ -32,13 +32,15 @@
 //   MOUNT_BENCH_TREE         DIRSxFILES of the listing tree (default 100x1000)
 //   MOUNT_BENCH_SMALL_MIB    live data of the small snapshot store (default 100)
 //   MOUNT_BENCH_CREATE_DIRS  directories of the tree copied in with cp -r to time file creation (default 2)
+//   MOUNT_BENCH_CEILING_FILES empty files in the (flat) memfs for the per-file listing ceiling (default 10000)
 //   MOUNT_BENCH_REPEAT       rounds of each phase; the table shows medians (default 3)
 //   MOUNT_BENCH_WRITE_BUDGET seconds: no further write round starts if it would end later (default 330)
 //   MOUNT_BENCH_VIEW_BUDGET  seconds: the same for the read/listing rounds (default 240)
 //   MOUNT_BENCH_TOOLS        comparison tools (default restic,borg; empty for none)
 //   MOUNT_BENCH_DROP_CACHES  1 (default): drop the page cache before cold reads and listings
-//   MOUNT_BENCH_PROFILE      1: after the write rounds, repeat the two writes and the cp -r with the
-//                            daemon under node --cpu-prof (separate stores, not counted) and list
+//   MOUNT_BENCH_PROFILE      1: after the write rounds, repeat the two writes, reads of both views,
+//                            the cp -r and find/stat over its snapshot with the daemon under
+//                            node --cpu-prof (separate daemons and stores, not counted) and list
 //                            where its main thread spends its time
 //   MOUNT_BENCH_TIMEOUT      seconds one command may take (default 900)
 //   MOUNT_BENCH_WORK         work directory (default benchmarks/work/mount)
@@ -70,6 +72,7 @@ const IMAGE_MIB = Number(process.env.MOUNT_BENCH_IMAGE_MIB ?? 1024);
 const [TREE_DIRS, TREE_FILES] = (process.env.MOUNT_BENCH_TREE ?? '100x1000').split('x').map(Number);
 const SMALL_MIB = Number(process.env.MOUNT_BENCH_SMALL_MIB ?? 100);
 const CREATE_DIRS = Number(process.env.MOUNT_BENCH_CREATE_DIRS ?? 2);
+const CEILING_FILES = Number(process.env.MOUNT_BENCH_CEILING_FILES ?? 10000);
 const REPEAT = Math.max(1, Number(process.env.MOUNT_BENCH_REPEAT ?? 3));
 const WRITE_BUDGET = Number(process.env.MOUNT_BENCH_WRITE_BUDGET ?? 330);
 const VIEW_BUDGET = Number(process.env.MOUNT_BENCH_VIEW_BUDGET ?? 240);
@@ -697,33 +700,35 @@ try {
   for (let round = 1; ; round++) {
     say(`[writes ${round}/${REPEAT}] ${WRITE_MIB} MiB: memfs ceiling, Strata unique, Strata duplicate`);
     warm(text);
-    const rec = { round };
+    const rec = { round, ceilings: [] };
+    // The ceiling is cheap next to Strata's writes, so it is measured before, between and after
+    // them: drift in the shared machine's speed then shows in the ceiling samples too.
     const ceiling = () => {
-      const m = mountMemfs(`memfs-w${round}`);
+      const m = mountMemfs(`memfs-w${round}-${rec.ceilings.length + 1}`);
       try {
-        rec.ceiling = dd(text, path.join(m.mnt, 'f'), textBytes, ['conv=fsync']);
+        rec.ceilings.push(dd(text, path.join(m.mnt, 'f'), textBytes, ['conv=fsync']));
         rec.ceilingStats = memfsStats(m);
         rec.ceilingRssBytes = vmHWM(m.pid);
       } finally {
         unmount(m);
       }
-      say(`  memfs ceiling: ${rec.ceiling.MBps.toFixed(0)} MB/s`);
+      say(`  memfs ceiling: ${rec.ceilings.at(-1).MBps.toFixed(0)} MB/s`);
     };
-    const strata = () => {
-      const s = mountStrata(`write-${round}`);
-      main = s;
-      const u = withCpu(s.pid, () => dd(text, path.join(s.live, 'u'), textBytes, ['conv=fsync']));
-      say(`  Strata unique: ${u.MBps.toFixed(0)} MB/s (daemon main thread ${u.cpu.daemonMainPct.toFixed(0)} % CPU, ` +
-        `other threads ${u.cpu.daemonOtherPct.toFixed(0)} %, machine idle ${u.cpu.machineIdlePct.toFixed(0)} %)`);
-      const d = withCpu(s.pid, () => dd(text, path.join(s.live, 'd'), textBytes, ['conv=fsync']));
-      say(`  Strata duplicate: ${d.MBps.toFixed(0)} MB/s (daemon main thread ${d.cpu.daemonMainPct.toFixed(0)} % CPU, ` +
-        `other threads ${d.cpu.daemonOtherPct.toFixed(0)} %, machine idle ${d.cpu.machineIdlePct.toFixed(0)} %)`);
-      rec.unique = u;
-      rec.duplicate = d;
-      rec.daemonRssBytes = vmHWM(s.pid);
-    };
-    // alternate the order so drift in the machine's speed hits both alike
-    if (round % 2) { ceiling(); strata(); } else { strata(); ceiling(); }
+    const s = mountStrata(`write-${round}`);
+    main = s;
+    ceiling();
+    const u = withCpu(s.pid, () => dd(text, path.join(s.live, 'u'), textBytes, ['conv=fsync']));
+    say(`  Strata unique: ${u.MBps.toFixed(0)} MB/s (daemon main thread ${u.cpu.daemonMainPct.toFixed(0)} % CPU, ` +
+      `other threads ${u.cpu.daemonOtherPct.toFixed(0)} %, machine idle ${u.cpu.machineIdlePct.toFixed(0)} %)`);
+    ceiling();
+    const d = withCpu(s.pid, () => dd(text, path.join(s.live, 'd'), textBytes, ['conv=fsync']));
+    say(`  Strata duplicate: ${d.MBps.toFixed(0)} MB/s (daemon main thread ${d.cpu.daemonMainPct.toFixed(0)} % CPU, ` +
+      `other threads ${d.cpu.daemonOtherPct.toFixed(0)} %, machine idle ${d.cpu.machineIdlePct.toFixed(0)} %)`);
+    ceiling();
+    rec.unique = u;
+    rec.duplicate = d;
+    rec.daemonRssBytes = vmHWM(s.pid);
+    rec.ceilingMBps = median(rec.ceilings.map((c) => c.MBps));
     report.writes.push(rec);
     if (!anotherRound(round, writeStart, WRITE_BUDGET)) {
       if (round < REPEAT) report.notes.push(`writes: ${round} of ${REPEAT} rounds (budget MOUNT_BENCH_WRITE_BUDGET=${WRITE_BUDGET} s)`);
@@ -735,12 +740,13 @@ try {
   report.rss.writeDaemons = report.writes.map((w) => w.daemonRssBytes);
 
   if (PROFILE) {
-    // Not counted: the daemon runs under node --cpu-prof, which slows it down.
-    const profile = (name, work) => {
+    // Not counted: the daemon runs under node --cpu-prof, which slows it down. One profile per
+    // daemon, so each is a daemon of its own: writes, small-file creates, reads of both views.
+    const profile = (name, store, work, { fresh = true } = {}) => {
       const profDir = path.join(WORK, 'profile', name);
       fs.rmSync(profDir, { recursive: true, force: true });
       fs.mkdirSync(profDir, { recursive: true });
-      const p = mountStrata(`profile-${name}`, { profileDir: profDir });
+      const p = mountStrata(store, { profileDir: profDir, fresh });
       let what;
       try {
         what = work(p);
@@ -749,23 +755,50 @@ try {
       }
       waitFor('cpu profile', () => fs.readdirSync(profDir).some((f) => f.endsWith('.cpuprofile')), 30);
       const file = fs.readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(profDir, f))[0];
-      fs.rmSync(p.store, { recursive: true, force: true });
       return { name, what, file: path.relative(ROOT, file), ...summariseProfile(file) };
     };
     say('[profile] the two writes again, the daemon under node --cpu-prof (not counted)');
-    report.profiles = [profile('write', (p) => {
+    report.profiles = [profile('write', 'profile', (p) => {
       warm(text);
       const u = dd(text, path.join(p.live, 'u'), textBytes, ['conv=fsync']);
       const d = dd(text, path.join(p.live, 'd'), textBytes, ['conv=fsync']);
       return `dd of ${WRITE_MIB} MiB unique (${u.MBps.toFixed(0)} MB/s under the profiler), then the same again (${d.MBps.toFixed(0)} MB/s)`;
     })];
+    // snapshot and performance pool without the profiler, then the reads with it
+    const plain = mountStrata('profile', { fresh: false });
+    try {
+      snapshot(plain, 'p');
+      waitPerformance(plain, 'p/u');
+    } finally {
+      unmount(plain);
+    }
+    say('[profile] reads of the capacity and the performance view, the daemon under node --cpu-prof (not counted)');
+    report.profiles.push(profile('read', 'profile', (p) => {
+      drop();
+      const c = dd(path.join(p.mnt, 'pools', 'capacity', 'p', 'u'), '/dev/null', textBytes);
+      drop();
+      const f = dd(path.join(p.mnt, 'pools', 'performance', 'p', 'u'), '/dev/null', textBytes);
+      return `dd of the ${WRITE_MIB} MiB text from the capacity view (${c.MBps.toFixed(0)} MB/s under the profiler), ` +
+        `then from the performance view (${f.MBps.toFixed(0)} MB/s), page cache dropped before each`;
+    }, { fresh: false }));
+    fs.rmSync(path.join(STORES, 'profile'), { recursive: true, force: true });
     say('[profile] cp -r of small files, the daemon under node --cpu-prof (not counted)');
-    report.profiles.push(profile('create', (p) => {
+    report.profiles.push(profile('create', 'profile-create', (p) => {
       const from = fs.readdirSync(tree.dir).sort().slice(0, CREATE_DIRS).map((d) => path.join(tree.dir, d));
       const r = must(run('cp', ['-r', ...from, p.live]), 'cp -r');
       const n = from.reduce((k, d) => k + fs.readdirSync(d).length, 0);
       return `cp -r of ${n} small files into live/ (${(n / r.seconds).toFixed(0)} files/s under the profiler)`;
     }));
+    say('[profile] find and find -exec stat over a snapshot of those files, the daemon under node --cpu-prof (not counted)');
+    report.profiles.push(profile('list', 'profile-create', (p) => {
+      snapshot(p, 'p');
+      const view = path.join(p.mnt, 'pools', 'capacity', 'p');
+      const n = CREATE_DIRS * TREE_FILES;
+      const times = [1, 2, 3].map(() => [listing(view, 'find', n), listing(view, 'stat', n)]);
+      return `3 x (find | wc -l, find -exec stat) over ${n} files in a capacity view, page cache dropped before each ` +
+        `(${times.map(([a, b]) => `${a.toFixed(2)} s / ${b.toFixed(2)} s`).join(', ')} under the profiler)`;
+    }, { fresh: false }));
+    fs.rmSync(path.join(STORES, 'profile-create'), { recursive: true, force: true });
   }
 
   // ---- phase 2a: the image, written into the last write round's store (now ~5.4 GB in live/)
@@ -820,6 +853,8 @@ try {
   const memR = mountMemfs('memfs-r');
   const memImageWrite = dd(image, path.join(memR.mnt, 'image.bin'), imageBytes, ['conv=fsync']);
   report.setup.imageWriteCeiling = memImageWrite;
+  // and CEILING_FILES empty files (memfs has no subdirectories): the per-file cost of find/stat
+  must(sh(`seq -f 'f%06g' 1 ${CEILING_FILES} | xargs touch`, { cwd: memR.mnt }), 'touch in memfs');
 
   // comparison tools
   const others = {};
@@ -841,12 +876,14 @@ try {
     { id: 'capacity', file: path.join(capacity, 'img', 'image.bin') },
     { id: 'performance', file: path.join(perf, 'img', 'image.bin') },
     ...Object.entries(others).map(([t, o]) => ({ id: t, file: o.image })),
+    { id: 'host', file: image },
   ];
   const listTargets = [
-    { id: 'capacity', dir: treeView },
-    { id: 'live', dir: path.join(T.live, 'tree') },
-    { id: 'host', dir: tree.dir },
-    ...Object.entries(others).map(([t, o]) => ({ id: t, dir: o.tree })),
+    { id: 'capacity', dir: treeView, files: tree.files },
+    { id: 'live', dir: path.join(T.live, 'tree'), files: tree.files },
+    { id: 'host', dir: tree.dir, files: tree.files },
+    { id: 'memfs', dir: memR.mnt, files: CEILING_FILES + 2 }, // + .stats and image.bin
+    ...Object.entries(others).map(([t, o]) => ({ id: t, dir: o.tree, files: tree.files })),
   ];
   const reads = Object.fromEntries(readTargets.map((t) => [t.id, { cold: [], warm: [] }]));
   const lists = Object.fromEntries(listTargets.map((t) => [t.id, { find: [], stat: [], first: null }]));
@@ -863,8 +900,8 @@ try {
       say(`  read ${t.id}: cold ${cold.MBps.toFixed(0)} MB/s, warm ${warmRead.MBps.toFixed(0)} MB/s`);
     }
     for (const t of round % 2 ? listTargets : [...listTargets].reverse()) {
-      const f = listing(t.dir, 'find', tree.files);
-      const st = listing(t.dir, 'stat', tree.files);
+      const f = listing(t.dir, 'find', t.files);
+      const st = listing(t.dir, 'stat', t.files);
       if (lists[t.id].first === null) lists[t.id].first = f;
       lists[t.id].find.push(f);
       lists[t.id].stat.push(st);
@@ -875,7 +912,7 @@ try {
       break;
     }
   }
-  report.views = { reads, lists };
+  report.views = { reads, lists, listFiles: Object.fromEntries(listTargets.map((t) => [t.id, t.files])) };
   report.memfsReadStats = memfsStats(memR)?.reads ?? null;
   report.rss.memfs = vmHWM(memR.pid);
   for (const [t, o] of Object.entries(others)) report.rss[t] = vmHWM(o.pid);
@@ -936,7 +973,7 @@ function rows(r) {
   const row = (measure, strata, baseline, ratio, target, met) => out.push({ measure, strata, baseline, ratio, target, met });
   const metText = (ok) => (ok === null || ok === undefined ? '—' : ok ? 'yes' : '**no**');
   const w = r.writes;
-  const ceilW = median(w.map((x) => x.ceiling?.MBps));
+  const ceilW = median(w.flatMap((x) => x.ceilings.map((c) => c.MBps)));
   const uniq = median(w.map((x) => x.unique?.MBps));
   const dup = median(w.map((x) => x.duplicate?.MBps));
   const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? a / b : NaN);
@@ -947,7 +984,8 @@ function rows(r) {
   const n = w.length;
   if (n) {
     let [rt, tg, ok] = versus(uniq, ceilW, 0.5);
-    row(`Sequential write, ${WRITE_MIB / 1024} GiB unique text → live/ (dd bs=1M conv=fsync; median of ${n})`, mbs(uniq), `memfs ${mbs(ceilW)}`, rt, tg, metText(ok));
+    const nc = w.reduce((k, x) => k + x.ceilings.length, 0);
+    row(`Sequential write, ${WRITE_MIB / 1024} GiB unique text → live/ (dd bs=1M conv=fsync; median of ${n}; ceiling: median of ${nc})`, mbs(uniq), `memfs ${mbs(ceilW)}`, rt, tg, metText(ok));
     [rt, tg, ok] = versus(dup, ceilW, 0.8);
     row(`Sequential write, the same ${WRITE_MIB / 1024} GiB again → live/ (all duplicate; median of ${n})`, mbs(dup), `memfs ${mbs(ceilW)}`, rt, tg, metText(ok));
   }
@@ -967,6 +1005,11 @@ function rows(r) {
       row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (${cold}; median of ${nr})`, mbs(median(rd[id].cold)), `memfs ${mbs(median(rd.memfs.cold))}`, rt, tg, metText(ok));
       [rt, tg, ok] = versus(median(rd[id].warm), median(rd.memfs.warm), target);
       row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (warm page cache, read again)`, mbs(median(rd[id].warm)), `memfs ${mbs(median(rd.memfs.warm))}`, rt, tg, metText(ok));
+    }
+    if (rd.host) {
+      const [rt] = versus(median(rd.performance.cold), median(rd.host.cold));
+      row(`Sequential read, ${IMAGE_MIB} MiB image: performance view vs the same file on the host disk (ext4, no FUSE; ${cold})`,
+        mbs(median(rd.performance.cold)), `ext4 ${mbs(median(rd.host.cold))}`, rt, '—', '—');
     }
     for (const t of ['restic', 'borg']) {
       if (!rd[t]) continue;
@@ -988,8 +1031,16 @@ function rows(r) {
         const [rt, tg, ok] = versus(b, a, target);
         row(`${label} over ${files}, capacity view vs ${t} mount (median of ${ls.capacity[kind].length}; ratio = how many times faster)`, secs(a), `${t} ${secs(b)}`, rt, tg, metText(ok));
       }
-      const [rt] = versus(ls[t].first, ls.capacity.first);
-      row(`First \`find\` after mounting, capacity view vs ${t} mount`, secs(ls.capacity.first), `${t} ${secs(ls[t].first)}`, rt, '—', '—');
+    }
+    if (ls.memfs) {
+      const nf = r.views.listFiles ?? {};
+      for (const [kind, label] of [['find', '`find -type f`'], ['stat', '`find -type f -exec stat {} +`']]) {
+        const a = (median(ls.capacity[kind]) / nf.capacity) * 1e6;
+        const b = (median(ls.memfs[kind]) / nf.memfs) * 1e6;
+        const [rt] = versus(b, a);
+        row(`${label} per file: capacity view (${files}) vs memfs ceiling (${f0(nf.memfs / 1000)}k files in one directory; ratio = memfs time ÷ Strata time)`,
+          `${f0(a)} µs`, `memfs ${f0(b)} µs`, rt, '—', '—');
+      }
     }
     if (ls.live && ls.host) {
       const [rt] = versus(median(ls.host.find), median(ls.live.find));
@@ -1070,6 +1121,18 @@ function markdown(r) {
         `${f0(m('daemonOtherPct'))} % | ${f0(median(r.writes.map((w) => w[kind]?.cpu?.ddUserPct + w[kind]?.cpu?.ddSysPct)))} % | ` +
         `${f0(m('machineUserPct'))} / ${f0(m('machineSysPct'))} / ${f0(m('machineIdlePct'))} / ${f0(m('machineIowaitPct'))} % |`);
     }
+    const last = r.writes.at(-1);
+    const threadText = (w) => {
+      const main = w.cpu.daemonThreads.find((t) => t.main)?.tid ?? 0;
+      return w.cpu.daemonThreads.map((t) => `${t.main ? 'main' : `+${t.tid - main}`} ${f1(t.user + t.sys)}`).join(', ');
+    };
+    if (last?.unique?.cpu) {
+      L.push('');
+      L.push(`CPU seconds per daemon thread in round ${last.round} (thread id as offset from the main thread; the four threads ` +
+        'right after it are most likely V8\'s platform workers, i.e. parallel and concurrent GC, and the compression worker ' +
+        `starts later): unique (${f1(last.unique.seconds)} s wall): ${threadText(last.unique)}; duplicate ` +
+        `(${f1(last.duplicate.seconds)} s wall): ${threadText(last.duplicate)}.`);
+    }
     const cs = r.writes.at(-1)?.ceilingStats;
     if (cs) {
       const top = Object.entries(cs.histogram).sort((a, b) => b[1] - a[1]).slice(0, 2).map(([k, v]) => `${k} B × ${v}`).join(', ');
@@ -1077,7 +1140,8 @@ function markdown(r) {
       L.push(`memfs received ${cs.count} write requests (${top}; max ${cs.max} B): the kernel sends 128 KiB writes to both.`);
     }
     L.push('');
-    L.push('Per round (MB/s): ' + r.writes.map((w) => `#${w.round} memfs ${f0(w.ceiling?.MBps)}, unique ${f0(w.unique?.MBps)}, duplicate ${f0(w.duplicate?.MBps)}`).join('; ') + '.');
+    L.push('Per round (MB/s): ' + r.writes.map((w) => `#${w.round} memfs ${w.ceilings.map((c) => f0(c.MBps)).join(' / ')}, ` +
+      `unique ${f0(w.unique?.MBps)}, duplicate ${f0(w.duplicate?.MBps)}`).join('; ') + ' (memfs before, between and after the two Strata writes).');
     for (const pr of r.profiles ?? []) {
       L.push('');
       L.push(`CPU profile of the daemon's main thread (MOUNT_BENCH_PROFILE=1, a separate store, not counted above): ${pr.what}; ` +
@@ -1112,6 +1176,11 @@ function markdown(r) {
     const sn = r.snapshots;
     if (sn.large) L.push(`Snapshots at ~${f1(sn.large.liveBytes / 1e9)} GB: ${sn.large.runs.map((x) => `${f2(x.seconds)} s (pool ${f1(x.poolCatchUpSeconds)} s)`).join(', ')}.`);
     if (sn.small) L.push(`Snapshots at ~${f0(sn.small.liveBytes / MB)} MB: ${sn.small.runs.map((x) => `${f2(x.seconds)} s (pool ${f1(x.poolCatchUpSeconds)} s)`).join(', ')}; first ${f2(sn.firstSmall?.seconds)} s.`);
+    const rs = r.rss ?? {};
+    const mib = (x) => (typeof x === 'number' ? `${f0(x / MIB)} MiB` : 'n/a');
+    L.push(`Peak RSS (VmHWM): write-round daemons ${(rs.writeDaemons ?? []).map(mib).join(', ')} (after the two writes); ` +
+      `the same daemon after the image, snapshots and reads ${mib(rs.mainDaemon)}; tree store ${mib(rs.treeDaemon)}; ` +
+      `small store ${mib(rs.smallDaemon)}; restic mount ${mib(rs.restic)}, borg mount ${mib(rs.borg)}, memfs with the image ${mib(rs.memfs)}.`);
     const b = r.setup.backupSeconds ?? {};
     if (Object.keys(b).length) L.push(`Backups of the tree and the image before mounting: ${Object.entries(b).map(([t, x]) => `${t} ${f1(x)} s`).join(', ')}.`);
     L.push('');

@@ -21,7 +21,7 @@ test('a file buffer reads like the reference after random writes and truncations
           if (op === 'w') {
             const data = pseudoRandomBytes(len, seed + 1);
             b.write(off, data);
-            if (off + len > ref.length) ref = Buffer.concat([ref, Buffer.alloc(off + len - ref.length)]);
+            if (len > 0 && off + len > ref.length) ref = Buffer.concat([ref, Buffer.alloc(off + len - ref.length)]);
             data.copy(ref, off);
           } else {
             b.truncate(off);

@@ -54,7 +54,7 @@ export const DEFAULT_CHUNK_STORE_OPTIONS: ChunkStoreOptions = {
 
 /** The part of CompressorPool the chunk store uses (results in submission order, never awaited). */
 export interface ParallelCompressor {
-  /** Queues a copy of `raw`; returns its sequence number and that copy (valid until dropped). */
+  /** Queues a copy of `raw`; returns its sequence number and that copy, unchanged until the next submit() after its outcome is handed out. */
   submit(raw: Uint8Array): { seq: number; copy: Buffer };
   /** The next outcome in submission order; undefined if none is ready (wait=false) or none is in flight. */
   next(wait: boolean): CompressOutcome | undefined;
@@ -79,9 +79,9 @@ interface Pending {
  * Single writer; reads verify every chunk's hash.
  *
  * With a ParallelCompressor, a new chunk is pending without a location until its compressed
- * payload comes back; payloads are appended in put() order, so containers come out exactly as
- * inline. Errors of an earlier put (compression, append) may then surface from a later put() or
- * from commit(), having aborted the batch as an inline failure would.
+ * payload comes back (or is compressed here, when the workers are saturated); record order in a
+ * container may then differ from put() order. Errors of an earlier put (compression, append) may
+ * surface from a later put() or from commit(), having aborted the batch as an inline failure would.
  */
 export class ChunkStore {
   readonly stats: DedupStats = emptyStats();
@@ -168,25 +168,25 @@ export class ChunkStore {
       return false;
     }
     const p: Pending = { handle, kind, loc: null, raw: null };
-    if (this.compressor) {
-      this.submit(p, raw);
+    const c = this.compressor;
+    if (c) while (this.compressing.size && this.collect(false));
+    // With the workers' queue full, compressing here rather than waiting keeps both cores busy
+    // and the memory held for jobs in flight bounded.
+    if (c && (c.inFlightBytes === 0 || c.inFlightBytes + raw.length <= c.maxInFlightBytes)) {
+      this.submit(c, p, raw);
     } else {
       const { codec, payload } = compressChunk(raw);
       this.store(p, codec, raw.length, payload);
     }
     this.pending.set(key, p);
-    if (children) for (const c of children) this.addRef(c, 1);
+    if (children) for (const child of children) this.addRef(child, 1);
     this.stats.newChunks++;
     this.stats.newBytes += raw.length;
-    if (this.compressor) while (this.compressing.size && this.collect(false));
     if (this.pendingBytes >= this.opts.commitEveryBytes) this.commit();
     return true;
   }
 
-  private submit(p: Pending, raw: Buffer): void {
-    const c = this.compressor as ParallelCompressor;
-    // Bounds the raw bytes held for jobs in flight (here and in the workers).
-    while (c.inFlightBytes > 0 && c.inFlightBytes + raw.length > c.maxInFlightBytes) this.collect(true);
+  private submit(c: ParallelCompressor, p: Pending, raw: Buffer): void {
     // Keep the compressor's copy, not `raw`: the caller may reuse its buffer once put() returns.
     let job;
     try {

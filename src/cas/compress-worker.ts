@@ -5,7 +5,7 @@ import { workerData, type MessagePort } from 'node:worker_threads';
 import { Codec } from '../types.js';
 import { compressChunk } from './codec.js';
 import {
-  SLOT_DEAD, SLOT_REPLIES, type CompressBatch, type CompressItem, type CompressReply, type CompressWorkerData,
+  SLOT_DEAD, SLOT_READY, SLOT_REPLIES, type CompressBatch, type CompressItem, type CompressReply, type CompressWorkerData,
 } from './compressor-pool.js';
 
 export type Compress = (raw: Buffer) => { codec: Codec; payload: Buffer };
@@ -20,6 +20,7 @@ export function serveCompression(port: MessagePort, signal: SharedArrayBuffer, c
     Atomics.store(flags, SLOT_DEAD, 1);
     Atomics.notify(flags, SLOT_REPLIES);
   });
+  Atomics.store(flags, SLOT_READY, 1);
   port.on('message', (batch: CompressBatch) => {
     const items: CompressItem[] = [];
     const payloads: Buffer[] = [];

@@ -8,7 +8,7 @@ import { receiveSnapshots, type ReceiveOptions } from './receiver.js';
 // The replication listener of a store (`strata serve`, or the mount daemon with --listen).
 // Senders are served one at a time: the store has a single writer.
 
-const HANDSHAKE_MS = 10_000;
+const HANDSHAKE_MS = 5_000;
 
 export interface ServeOptions extends ReceiveOptions {
   listen: string;
