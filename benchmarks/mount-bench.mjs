@@ -35,7 +35,7 @@
 //   MOUNT_BENCH_CEILING_FILES empty files in the (flat) memfs for the per-file listing ceiling (default 10000)
 //   MOUNT_BENCH_REPEAT       rounds of each phase; the table shows medians (default 3)
 //   MOUNT_BENCH_WRITE_BUDGET seconds: no further write round starts if it would end later (default 330)
-//   MOUNT_BENCH_VIEW_BUDGET  seconds: the same for the read/listing rounds (default 240)
+//   MOUNT_BENCH_VIEW_BUDGET  seconds: the same for the read/listing rounds (default 330)
 //   MOUNT_BENCH_TOOLS        comparison tools (default restic,borg; empty for none)
 //   MOUNT_BENCH_DROP_CACHES  1 (default): drop the page cache before cold reads and listings
 //   MOUNT_BENCH_PROFILE      1: after the write rounds, repeat the two writes, reads of both views,
@@ -75,7 +75,7 @@ const CREATE_DIRS = Number(process.env.MOUNT_BENCH_CREATE_DIRS ?? 2);
 const CEILING_FILES = Number(process.env.MOUNT_BENCH_CEILING_FILES ?? 10000);
 const REPEAT = Math.max(1, Number(process.env.MOUNT_BENCH_REPEAT ?? 3));
 const WRITE_BUDGET = Number(process.env.MOUNT_BENCH_WRITE_BUDGET ?? 330);
-const VIEW_BUDGET = Number(process.env.MOUNT_BENCH_VIEW_BUDGET ?? 240);
+const VIEW_BUDGET = Number(process.env.MOUNT_BENCH_VIEW_BUDGET ?? 330);
 const TOOLS = (process.env.MOUNT_BENCH_TOOLS ?? 'restic,borg').split(',').map((s) => s.trim()).filter(Boolean);
 const WANT_DROP = (process.env.MOUNT_BENCH_DROP_CACHES ?? '1') === '1';
 const PROFILE = process.env.MOUNT_BENCH_PROFILE === '1';
@@ -738,6 +738,7 @@ try {
     fs.rmSync(main.store, { recursive: true, force: true });
   }
   report.rss.writeDaemons = report.writes.map((w) => w.daemonRssBytes);
+  report.phaseSeconds = { writes: (performance.now() - writeStart) / 1000 };
 
   if (PROFILE) {
     // Not counted: the daemon runs under node --cpu-prof, which slows it down. One profile per
@@ -912,6 +913,7 @@ try {
       break;
     }
   }
+  report.phaseSeconds.views = (performance.now() - viewStart) / 1000;
   report.views = { reads, lists, listFiles: Object.fromEntries(listTargets.map((t) => [t.id, t.files])) };
   report.memfsReadStats = memfsStats(memR)?.reads ?? null;
   report.rss.memfs = vmHWM(memR.pid);
@@ -967,6 +969,11 @@ const f1 = (x) => (typeof x === 'number' && Number.isFinite(x) ? x.toFixed(1) : 
 const f2 = (x) => (typeof x === 'number' && Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 const mbs = (x) => (Number.isFinite(x) ? `${f0(x)} MB/s` : 'n/a');
 const secs = (x) => (Number.isFinite(x) ? `${x < 10 ? f2(x) : f1(x)} s` : 'n/a');
+/** Median MB/s with the range of the samples when there are several: "301 MB/s (162–638)". */
+const mbsr = (xs) => {
+  const v = xs.filter(Number.isFinite);
+  return v.length > 1 ? `${mbs(median(v))} (${f0(Math.min(...v))}–${f0(Math.max(...v))})` : mbs(median(v));
+};
 
 function rows(r) {
   const out = [];
@@ -985,9 +992,12 @@ function rows(r) {
   if (n) {
     let [rt, tg, ok] = versus(uniq, ceilW, 0.5);
     const nc = w.reduce((k, x) => k + x.ceilings.length, 0);
-    row(`Sequential write, ${WRITE_MIB / 1024} GiB unique text → live/ (dd bs=1M conv=fsync; median of ${n}; ceiling: median of ${nc})`, mbs(uniq), `memfs ${mbs(ceilW)}`, rt, tg, metText(ok));
+    const ceilAll = w.flatMap((x) => x.ceilings.map((c) => c.MBps));
+    row(`Sequential write, ${WRITE_MIB / 1024} GiB unique text → live/ (dd bs=1M conv=fsync; median of ${n}; ceiling: median of ${nc})`,
+      mbsr(w.map((x) => x.unique?.MBps)), `memfs ${mbsr(ceilAll)}`, rt, tg, metText(ok));
     [rt, tg, ok] = versus(dup, ceilW, 0.8);
-    row(`Sequential write, the same ${WRITE_MIB / 1024} GiB again → live/ (all duplicate; median of ${n})`, mbs(dup), `memfs ${mbs(ceilW)}`, rt, tg, metText(ok));
+    row(`Sequential write, the same ${WRITE_MIB / 1024} GiB again → live/ (all duplicate; median of ${n})`,
+      mbsr(w.map((x) => x.duplicate?.MBps)), `memfs ${mbsr(ceilAll)}`, rt, tg, metText(ok));
   }
   const iw = r.setup.imageWrite;
   const iwc = r.setup.imageWriteCeiling;
@@ -1002,9 +1012,9 @@ function rows(r) {
     for (const [id, label, target] of [['capacity', 'capacity view', 0.5], ['performance', 'performance view', 0.8]]) {
       if (!rd[id]) continue;
       let [rt, tg, ok] = versus(median(rd[id].cold), median(rd.memfs.cold), target);
-      row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (${cold}; median of ${nr})`, mbs(median(rd[id].cold)), `memfs ${mbs(median(rd.memfs.cold))}`, rt, tg, metText(ok));
+      row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (${cold}; median of ${nr})`, mbsr(rd[id].cold), `memfs ${mbsr(rd.memfs.cold)}`, rt, tg, metText(ok));
       [rt, tg, ok] = versus(median(rd[id].warm), median(rd.memfs.warm), target);
-      row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (warm page cache, read again)`, mbs(median(rd[id].warm)), `memfs ${mbs(median(rd.memfs.warm))}`, rt, tg, metText(ok));
+      row(`Sequential read, ${IMAGE_MIB} MiB image, ${label} (warm page cache, read again)`, mbsr(rd[id].warm), `memfs ${mbsr(rd.memfs.warm)}`, rt, tg, metText(ok));
     }
     if (rd.host) {
       const [rt] = versus(median(rd.performance.cold), median(rd.host.cold));
@@ -1103,7 +1113,7 @@ function markdown(r) {
   L.push('|---|--:|--:|--:|---|---|');
   for (const x of rows(r)) L.push(`| ${x.measure} | ${x.strata} | ${x.baseline} | ${x.ratio} | ${x.target} | ${x.met} |`);
   L.push('');
-  L.push('MB = 10^6 bytes. Ratio: Strata ÷ baseline for rates, baseline time ÷ Strata time for times (so > 1 means Strata ' +
+  L.push('MB = 10^6 bytes; (a–b) = the range of the samples behind a median. Ratio: Strata ÷ baseline for rates, baseline time ÷ Strata time for times (so > 1 means Strata ' +
     'is faster), except the snapshot row (time at ~5 GB ÷ time at ~100 MB). Snapshot times are wall times of the ' +
     `\`strata snapshot\` command, process start-up included (${secs(r.snapshots.cliStartupSeconds)} for \`strata --help\`).`);
   L.push('');

@@ -21,5 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-npm ci --no-audit --no-fund
+# npm install (not npm ci): it follows package-lock.json too, but npm ci refuses this lock because
+# @napi-rs/blake-hash names platform packages that were never published at its version.
+npm install --no-audit --no-fund
 npm run build
