@@ -1,3 +1,4 @@
+import type { SendReport as CoreSendReport } from '../../src/replication/sender.js';
 // Helpers for the end-to-end replication tests: stores mounted with a replication listener,
 // standalone `strata serve` receivers, asynchronous CLI runs (so a test can watch and kill a
 // transfer while it runs), and a source tree made only of what survives a FUSE mount.
@@ -50,18 +51,8 @@ export async function runOk(store: string | null, args: string[]): Promise<CliRe
   return r;
 }
 
-export interface SendReport {
-  snapshots: { id: string; name: string | null; neighbour: string | null; skipped: boolean }[];
-  bytesOnWire: number;
-  chunksOffered: number;
-  chunksNeeded: number;
-  chunksSent: number;
-  payloadBytes: number;
-  bytesFromCapacity: number;
-  bytesFromPerformance: number;
-  fingerprintsChecked: number;
-  seconds: number;
-}
+/** What `strata replicate --json` prints. */
+export type SendReport = CoreSendReport & { seconds: number };
 
 export interface LogEntry { id: string; name: string | null; parent: string | null; root: string; createdMs: number }
 
