@@ -9,8 +9,10 @@
 // Phases (data from benchmarks/mount-data.mjs, cached in benchmarks/work/mount/data/):
 //   1. writes     per round, a fresh memfs and a fresh store: `dd bs=1M conv=fsync` of the unique text
 //                 file into memfs and into live/u, then the same file again into live/d (all
-//                 duplicates). The daemon's CPU per thread, dd's own CPU and the machine's idle time
-//                 are sampled around each dd. Rounds stop early when the next would overrun the budget.
+//                 duplicates); the memfs dd runs before, between and after. Before each timed write
+//                 the page cache is dropped and the source read back in (see sameStart). The
+//                 daemon's CPU per thread, dd's own CPU and the machine's idle time are sampled
+//                 around each dd. Rounds stop early when the next would overrun the budget.
 //   2. views      the last round's store also gets the image-like file (live/img/), then
 //                 `strata snapshot --name base`; the bench waits until pools/performance/base shows
 //                 it. The 100k-file tree goes into a second store with `strata import` (creating 100k
