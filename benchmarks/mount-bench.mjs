@@ -92,7 +92,18 @@ function say(msg) {
   process.stderr.write(`[mount-bench] ${msg}\n`);
 }
 
-const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+/**
+ * This process runs synchronously from start to end (spawnSync), so its own signal handlers only
+ * run when it finishes. Ctrl-C reaches the whole process group, though: the command running at
+ * that moment dies of the signal, and run() turns that into Interrupted, which unwinds through the
+ * cleanup. Waiting is done with sleep(1) for the same reason.
+ */
+class Interrupted extends Error {}
+const STOP_SIGNALS = new Set(['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT']);
+const sleepSync = (ms) => {
+  const r = spawnSync('sleep', [String(ms / 1000)]);
+  if (STOP_SIGNALS.has(r.signal) && !cleaning) throw new Interrupted(`interrupted (${r.signal})`);
+};
 const median = (xs) => {
   const a = xs.filter((x) => typeof x === 'number' && !Number.isNaN(x)).sort((x, y) => x - y);
   if (!a.length) return NaN;
@@ -104,6 +115,8 @@ const median = (xs) => {
 // Commands
 
 let logFile = path.join(LOGS, 'mount-bench.log');
+/** Set while unmounting at the end: a second Ctrl-C must not stop the unmounting. */
+let cleaning = false;
 
 function logLine(text) {
   fs.appendFileSync(logFile, text.endsWith('\n') ? text : text + '\n');
@@ -124,6 +137,7 @@ function run(cmd, args, { cwd = ROOT, env = {}, timeout = TIMEOUT, cpu = false, 
     maxBuffer: 256 * MIB, input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   const seconds = (performance.now() - t0) / 1000;
+  if (STOP_SIGNALS.has(r.signal) && !cleaning) throw new Interrupted(`interrupted (${r.signal}) during ${cmd} ${args.join(' ')}`);
   let user = NaN;
   let sys = NaN;
   if (cpu) {
@@ -342,6 +356,7 @@ let cleanedUp = false;
 function cleanup() {
   if (cleanedUp) return;
   cleanedUp = true;
+  cleaning = true;
   unmountAll();
   try {
     for (const n of fs.readdirSync(MNT_BASE)) if (!isMounted(path.join(MNT_BASE, n))) fs.rmdirSync(path.join(MNT_BASE, n));
@@ -966,8 +981,8 @@ try {
   // start-up of the CLI, which every snapshot's wall time includes
   report.snapshots.cliStartupSeconds = median([1, 2, 3].map(() => run(process.execPath, [STRATA, '--help']).seconds));
 } catch (e) {
-  exitCode = 1;
-  report.error = e instanceof BenchError ? e.message : (e.stack ?? String(e));
+  exitCode = e instanceof Interrupted ? 130 : 1;
+  report.error = e instanceof BenchError || e instanceof Interrupted ? e.message : (e.stack ?? String(e));
   say(`FAILED: ${report.error}`);
 } finally {
   cleanup();
