@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import Database from 'better-sqlite3';
 import { dial, readKeyFile } from '../src/replication/auth.js';
 import { parseAddress, type FramedConnection } from '../src/replication/connection.js';
@@ -111,6 +111,18 @@ test.serial('a tree and an ext4 image replicate over TCP between two mounts; a s
 });
 
 /** Restores SNAP of `store` into a new directory under `base` and describes it. */
+/** A temporary directory with a shared key and two initialised stores, a and b (not mounted). */
+async function twoStores(t: ExecutionContext, prefix: string): Promise<{ base: string; key: string; aStore: string; bStore: string }> {
+  const base = tmpDir(t, prefix);
+  const key = path.join(base, 'peer.key');
+  await runOk(null, ['keygen', key]);
+  const aStore = path.join(base, 'a');
+  const bStore = path.join(base, 'b');
+  await runOk(aStore, ['init']);
+  await runOk(bStore, ['init']);
+  return { base, key, aStore, bStore };
+}
+
 async function restored(store: string, snap: string, dest: string) {
   await runOk(store, ['restore', snap, dest]);
   return snapshotHostTree(dest);
@@ -470,13 +482,7 @@ test('a receiver refuses a wrong secret, garbage, truncated, oversized and malfo
 });
 
 test('an authenticated peer cannot commit a snapshot whose root is not a directory listing', async (t) => {
-  const base = tmpDir(t, 'strata-repl-root-');
-  const key = path.join(base, 'peer.key');
-  await runOk(null, ['keygen', key]);
-  const aStore = path.join(base, 'a');
-  const bStore = path.join(base, 'b');
-  await runOk(aStore, ['init']);
-  await runOk(bStore, ['init']);
+  const { base, key, aStore, bStore } = await twoStores(t, 'strata-repl-root-');
   const data = path.join(base, 'data');
   fs.mkdirSync(data);
   fs.writeFileSync(path.join(data, 'f.bin'), pseudoRandomBytes(200 * 1024, 4));
@@ -499,13 +505,7 @@ test('an authenticated peer cannot commit a snapshot whose root is not a directo
 });
 
 test('an idle connection that never authenticates does not hold up other senders', async (t) => {
-  const base = tmpDir(t, 'strata-repl-idle-');
-  const key = path.join(base, 'peer.key');
-  await runOk(null, ['keygen', key]);
-  const aStore = path.join(base, 'a');
-  const bStore = path.join(base, 'b');
-  await runOk(aStore, ['init']);
-  await runOk(bStore, ['init']);
+  const { base, key, aStore, bStore } = await twoStores(t, 'strata-repl-idle-');
   const data = path.join(base, 'data');
   fs.mkdirSync(data);
   fs.writeFileSync(path.join(data, 'f.txt'), 'small\n');
@@ -591,13 +591,7 @@ test.serial('sync-back: a snapshot made on the peer from a replica comes back as
 });
 
 test('a receiver with --keep 2 keeps the latest two snapshots of each branch and still verifies', async (t) => {
-  const base = tmpDir(t, 'strata-repl-keep-');
-  const key = path.join(base, 'peer.key');
-  await runOk(null, ['keygen', key]);
-  const aStore = path.join(base, 'a');
-  const bStore = path.join(base, 'b');
-  await runOk(aStore, ['init']);
-  await runOk(bStore, ['init']);
+  const { base, key, aStore, bStore } = await twoStores(t, 'strata-repl-keep-');
   const b = await startServe(t, bStore, { listen: `unix:${path.join(base, 'b.sock')}`, key, keep: 2 });
   const data = path.join(base, 'data');
   fs.mkdirSync(data);
