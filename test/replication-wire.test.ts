@@ -11,7 +11,7 @@ import {
   FrameReader, HANDSHAKE_MAX_FRAME_BODY, MAX_FRAME_BODY, PREAMBLE, ProtocolError, encodeFrame, isProtocolError, type Frame,
 } from '../src/replication/frame.js';
 import {
-  MAX_OFFER_HANDLES, MESSAGE_CODES, decodeMessage, encodeMessage, messageFrame, type Message,
+  MAX_BASES, MAX_OFFER_HANDLES, MESSAGE_CODES, decodeMessage, encodeMessage, messageFrame, type Message,
 } from '../src/replication/messages.js';
 import { StrataError } from '../src/errors.js';
 import { ChunkKind, Codec } from '../src/types.js';
@@ -33,15 +33,19 @@ const messageArb: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ type: fc.constant('HOLDINGS_QUERY' as const), snapshotIds: fc.uniqueArray(idArb, { maxLength: 20 }) }),
   fc.record({
     type: fc.constant('HOLDINGS' as const),
-    snapshots: fc.uniqueArray(fc.record({ id: idArb, root: bytes(32) }), { maxLength: 20, selector: (s) => s.id }),
-  }),
-  fc.record({ type: fc.constant('OFFER' as const), batchId: u32, handles: fc.array(bytes(32), { minLength: 1, maxLength: 40 }) }),
+    all: fc.uniqueArray(fc.record({ id: idArb, root: bytes(32) }), { maxLength: 20, selector: (s) => s.id }),
+    split: fc.nat(20),
+  }).map(({ type, all, split }) => ({ type, snapshots: all.slice(0, split), retired: all.slice(split) })),
+  fc.array(fc.record({ handle: bytes(32), bases: fc.array(bytes(32), { maxLength: MAX_BASES }) }), { minLength: 1, maxLength: 40 })
+    .chain((items) => fc.record({
+      type: fc.constant('OFFER' as const), batchId: u32, handles: fc.constant(items.map((i) => i.handle)), bases: fc.constant(items.map((i) => i.bases)),
+    })),
   fc.integer({ min: 1, max: 300 }).chain((count) => fc.record({
     type: fc.constant('NEED' as const),
     batchId: u32,
     count: fc.constant(count),
     needed: fc.uniqueArray(fc.integer({ min: 0, max: count - 1 }), { maxLength: count }).map((a) => a.sort((x, y) => x - y)),
-  })),
+  }).chain((m) => fc.subarray(m.needed).map((withBases) => ({ ...m, withBases })))),
   fc.record({
     type: fc.constant('CHUNK' as const),
     handle: bytes(32),
@@ -55,6 +59,14 @@ const messageArb: fc.Arbitrary<Message> = fc.oneof(
     kind: fc.constantFrom(ChunkKind.Data, ChunkKind.Node, ChunkKind.TreeRoot),
     codec: fc.constant(Codec.Zstd),
     rawLength: fc.integer({ min: 1, max: 1 << 20 }),
+    payload: fc.uint8Array({ minLength: 1, maxLength: 2000 }).map((a) => Buffer.from(a)),
+  }),
+  fc.record({
+    type: fc.constant('CHUNK_DELTA' as const),
+    handle: bytes(32),
+    kind: fc.constantFrom(ChunkKind.Data, ChunkKind.Node, ChunkKind.TreeRoot),
+    rawLength: fc.integer({ min: 1, max: 1 << 20 }),
+    bases: fc.array(bytes(32), { minLength: 1, maxLength: MAX_BASES }),
     payload: fc.uint8Array({ minLength: 1, maxLength: 2000 }).map((a) => Buffer.from(a)),
   }),
   fc.record({
@@ -93,12 +105,13 @@ test('every strict prefix of a body, and any trailing byte, is refused', (t) => 
     const longer = Buffer.concat([body, Buffer.from([extra])]);
     const trailing = (() => { try { decodeBody(type, longer); return null; } catch (e) { return e; } })();
     // A CHUNK's payload is "the rest", so an extra byte is payload: caught by the raw length check or hash (receiver).
-    if (m.type !== 'CHUNK' || m.codec === Codec.Raw) {
+    if (m.type !== 'CHUNK_DELTA' && (m.type !== 'CHUNK' || m.codec === Codec.Raw)) {
       t.true(isProtocolError(trailing, 'EPROTO'), `${m.type} with a trailing byte`);
     }
     for (let n = 0; n < body.length; n++) {
       // A zstd CHUNK cut inside its payload is indistinguishable from a shorter payload; frames carry the length.
       if (m.type === 'CHUNK' && m.codec === Codec.Zstd && n > 38) continue;
+      if (m.type === 'CHUNK_DELTA' && n > 38 + 32 * m.bases.length) continue;
       t.throws(() => decodeBody(type, body.subarray(0, n)), { instanceOf: ProtocolError }, `${m.type} cut to ${n} of ${body.length}`);
     }
   }), { numRuns: 300 });
@@ -117,7 +130,7 @@ test('decoder refusals name the problem', (t) => {
   refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(MAX_OFFER_HANDLES + 1)]), /count 65537 is outside 1..65536/);
   refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(0)]), /count 0 is outside/);
   // A large count with few bytes behind it is refused before any allocation for it.
-  refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(1000), Buffer.alloc(64)]), /1000 items need at least 32000 bytes/);
+  refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(1000), Buffer.alloc(64)]), /1000 items need at least 33000 bytes/);
   refuse(MESSAGE_CODES.HOLDINGS_QUERY, Buffer.concat([u32(0xffff_ffff)]), /count 4294967295 is outside 0..65536/);
   refuse(MESSAGE_CODES.HOLDINGS_QUERY, Buffer.concat([u32(2), Buffer.from([1, 0x61, 1, 0x61])]), /not distinct/);
   refuse(MESSAGE_CODES.HELLO, Buffer.from([3, 0x61, 0x2f, 0x62]), /storeId "a\/b" is not/);
@@ -131,6 +144,26 @@ test('decoder refusals name the problem', (t) => {
   refuse(MESSAGE_CODES.CHUNK, Buffer.concat([chunkHead(0, 2, 1), Buffer.alloc(1)]), /codec 2 is unknown/);
   refuse(MESSAGE_CODES.CHUNK, Buffer.concat([chunkHead(0, 0, 5), Buffer.alloc(4)]), /payload is 4 bytes and its rawLength 5/);
   refuse(MESSAGE_CODES.CHUNK, Buffer.concat([chunkHead(0, 1, 0xffff_ffff), Buffer.alloc(4)]), /rawLength 4294967295 is over/);
+  // OFFER bases: over the per-item limit, or announced but missing.
+  refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(1), Buffer.alloc(32), Buffer.from([MAX_BASES + 1]), Buffer.alloc(32 * (MAX_BASES + 1))]), /item 0 names 5 bases, over the limit of 4/);
+  refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(1), Buffer.alloc(32), Buffer.from([2]), Buffer.alloc(40)]), /body truncated at base 1 of item 0/);
+  refuse(MESSAGE_CODES.OFFER, Buffer.concat([u32(1), u32(2), Buffer.alloc(32), Buffer.from([0]), Buffer.alloc(32)]), /body truncated: 2 items need at least 66 bytes/);
+  // NEED: a "holds the bases" bit for an item not needed.
+  refuse(MESSAGE_CODES.NEED, Buffer.concat([u32(1), u32(3), Buffer.from([0b001]), Buffer.from([0b010])]), /bit 1 set for an item that is not needed/);
+  refuse(MESSAGE_CODES.NEED, Buffer.concat([u32(1), u32(3), Buffer.from([0b001])]), /body truncated at bases bitmap/);
+  // CHUNK_DELTA: base count, lengths and payload.
+  const deltaHead = (kind: number, raw: number, bases: number) => Buffer.concat([Buffer.alloc(32), Buffer.from([kind]), u32(raw), Buffer.from([bases]), Buffer.alloc(32 * bases)]);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([deltaHead(0, 10, 0), Buffer.alloc(4)]), /names 0 bases, must be 1..4/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([deltaHead(0, 10, 5), Buffer.alloc(4)]), /names 5 bases, must be 1..4/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([deltaHead(0, 0, 1), Buffer.alloc(4)]), /rawLength 0 is outside 1..16777216/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([deltaHead(0, 0xffff_ffff, 1), Buffer.alloc(4)]), /rawLength 4294967295 is outside/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, deltaHead(0, 10, 1), /CHUNK_DELTA has an empty payload/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([deltaHead(4, 10, 1), Buffer.alloc(4)]), /CHUNK_DELTA kind 4 is not one that replicates/);
+  refuse(MESSAGE_CODES.CHUNK_DELTA, Buffer.concat([Buffer.alloc(32), Buffer.from([0]), u32(10), Buffer.from([2]), Buffer.alloc(40)]), /body truncated at base 1/);
+  // HOLDINGS: an id both held and retired.
+  const idRoot = Buffer.concat([Buffer.from([1, 0x61]), Buffer.alloc(32)]);
+  refuse(MESSAGE_CODES.HOLDINGS, Buffer.concat([u32(1), idRoot, u32(1), idRoot]), /not distinct/);
+  refuse(MESSAGE_CODES.HOLDINGS, Buffer.concat([u32(1), idRoot]), /body truncated at retired count/);
   const commit = (json: string) => { const r = Buffer.from(json); return Buffer.concat([u32(r.length), r, Buffer.from([0, 0])]); };
   refuse(MESSAGE_CODES.COMMIT, commit('[1,2]'), /must be a JSON object/);
   refuse(MESSAGE_CODES.COMMIT, commit('{"a":'), /not valid JSON/);
@@ -139,10 +172,21 @@ test('decoder refusals name the problem', (t) => {
 
 test('encoders refuse what a decoder would refuse', (t) => {
   t.throws(() => encodeMessage({ type: 'HELLO', storeId: 'x'.repeat(65) }), { code: 'EINVAL' });
-  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [] }), { code: 'EINVAL' });
-  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(31)] }), { code: 'EINVAL' });
-  t.throws(() => encodeMessage({ type: 'NEED', batchId: 1, count: 4, needed: [2, 1] }), { code: 'EINVAL' });
-  t.throws(() => encodeMessage({ type: 'NEED', batchId: 1, count: 4, needed: [4] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [], bases: [] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(31)], bases: [[]] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(32)], bases: [] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(32)], bases: [Array.from({ length: MAX_BASES + 1 }, () => Buffer.alloc(32))] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(32)], bases: [[Buffer.alloc(31)]] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'NEED', batchId: 1, count: 4, needed: [2, 1], withBases: [] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'NEED', batchId: 1, count: 4, needed: [4], withBases: [] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'NEED', batchId: 1, count: 4, needed: [1], withBases: [2] }), { code: 'EINVAL' });
+  const delta = { type: 'CHUNK_DELTA' as const, handle: Buffer.alloc(32), kind: ChunkKind.Data, rawLength: 10, bases: [Buffer.alloc(32)], payload: Buffer.alloc(3) };
+  t.notThrows(() => encodeMessage(delta));
+  t.throws(() => encodeMessage({ ...delta, bases: [] }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ ...delta, rawLength: 0 }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ ...delta, payload: Buffer.alloc(0) }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ ...delta, kind: ChunkKind.Snapshot }), { code: 'EINVAL' });
+  t.throws(() => encodeMessage({ type: 'HOLDINGS', snapshots: [{ id: 'a', root: Buffer.alloc(32) }], retired: [{ id: 'a', root: Buffer.alloc(32) }] }), { code: 'EINVAL' });
   t.throws(() => encodeMessage({ type: 'CHUNK', handle: Buffer.alloc(32), kind: ChunkKind.Tombstone, codec: Codec.Raw, rawLength: 0, payload: Buffer.alloc(0) }), { code: 'EINVAL' });
   t.throws(() => encodeMessage({ type: 'COMMIT', record: 'null', fingerprint: Buffer.alloc(0) }), { code: 'EINVAL' });
   t.throws(() => encodeMessage({ type: 'HOLDINGS_QUERY', snapshotIds: ['a', 'a'] }), { code: 'EINVAL' });
@@ -153,8 +197,10 @@ test('encoders refuse what a decoder would refuse', (t) => {
 
 test('an OFFER of the maximum batch fits a frame, and a CHUNK payload is not copied', (t) => {
   const handles = Array.from({ length: MAX_OFFER_HANDLES }, (_, i) => Buffer.alloc(32, i & 0xff));
-  const m = decodeMessage(reframe({ type: 'OFFER', batchId: 7, handles }));
-  t.true(m.type === 'OFFER' && m.handles.length === MAX_OFFER_HANDLES);
+  // With the most bases on every item, too (the worst case a peer can be sent).
+  const bases = handles.map(() => Array.from({ length: MAX_BASES }, () => Buffer.alloc(32, 9)));
+  const m = decodeMessage(reframe({ type: 'OFFER', batchId: 7, handles, bases }));
+  t.true(m.type === 'OFFER' && m.handles.length === MAX_OFFER_HANDLES && m.bases.every((b) => b.length === MAX_BASES));
   const payload = Buffer.alloc(100, 1);
   const { body } = encodeMessage({ type: 'CHUNK', handle: Buffer.alloc(32), kind: ChunkKind.Data, codec: Codec.Raw, rawLength: 100, payload });
   t.is(body[body.length - 1], payload);
@@ -196,8 +242,9 @@ test('a bad preamble is refused at its first wrong byte; another version is name
   t.regex(e!.message, /does not speak Strata replication \(stream starts with "GET \/ H", expected "STRATAR"\)/);
   e = t.throws(() => new FrameReader().frames(Buffer.from('STRAX')), { instanceOf: ProtocolError });
   t.regex(e!.message, /"STRAX"/);
-  e = t.throws(() => new FrameReader().frames(Buffer.from([...Buffer.from('STRATAR'), 2])), { instanceOf: ProtocolError });
-  t.regex(e!.message, /version 2; this Strata speaks version 1/);
+  // A peer of the protocol before delta chunks (version 1) is named as such.
+  e = t.throws(() => new FrameReader().frames(Buffer.from([...Buffer.from('STRATAR'), 1])), { instanceOf: ProtocolError });
+  t.regex(e!.message, /version 1; this Strata speaks version 2/);
   t.is(e!.reason, 'EPROTO');
   // After an error the reader stays failed.
   const r = new FrameReader();
@@ -471,7 +518,7 @@ test('a peer that stops reading makes drain() time out', async (t) => {
 test('an ERROR from the peer surfaces with its code', async (t) => {
   const p = await pair(t, 'tcp');
   await Promise.all([authenticate(p.client, SECRET, 'sender'), authenticate(p.server, SECRET, 'receiver')]);
-  p.client.sendMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(32)] });
+  p.client.sendMessage({ type: 'OFFER', batchId: 1, handles: [Buffer.alloc(32)], bases: [[]] });
   await p.server.expect('OFFER');
   p.server.abort(new StrataError('ENOSPC', 'the store is full'));
   const e = await t.throwsAsync(p.client.expect('NEED'), { instanceOf: ProtocolError });
@@ -509,7 +556,7 @@ test('offers, answers and chunks pipeline: the sender never waits per batch', as
       if (m.type === 'CHUNK') chunks++;
       else {
         offers++;
-        p.server.sendMessage({ type: 'NEED', batchId: m.batchId, count: m.handles.length, needed: m.handles.map((_, i) => i).filter((i) => i % 2 === 0) });
+        p.server.sendMessage({ type: 'NEED', batchId: m.batchId, count: m.handles.length, needed: m.handles.map((_, i) => i).filter((i) => i % 2 === 0), withBases: [] });
       }
     }
   })();
@@ -529,7 +576,7 @@ test('offers, answers and chunks pipeline: the sender never waits per batch', as
     }
   })();
   for (let b = 0; b < batches; b++) {
-    if (!p.client.sendMessage({ type: 'OFFER', batchId: b, handles: handles(b) })) await p.client.drain();
+    if (!p.client.sendMessage({ type: 'OFFER', batchId: b, handles: handles(b), bases: handles(b).map(() => []) })) await p.client.drain();
     maxInFlight = Math.max(maxInFlight, b + 1 - answered);
   }
   await readNeeds;

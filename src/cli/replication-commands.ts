@@ -15,8 +15,10 @@ import type { Ctx } from './main.js';
 export const REPLICATION_USAGE = `  keygen KEYFILE                    create a shared secret for replication (mode 0600)
   serve --listen HOST:PORT|unix:PATH --key KEYFILE [--keep N]
                                     receive replicated snapshots (keep the latest N per branch, or all)
-  replicate (SNAP | --branch SNAP | --all) --to HOST:PORT|unix:PATH --key KEYFILE [--no-hybrid]
-                                    send snapshots a peer lacks (only the chunks it lacks)`;
+  replicate (SNAP | --branch SNAP | --all) --to HOST:PORT|unix:PATH --key KEYFILE [--no-hybrid] [--no-delta]
+                                    send snapshots a peer lacks (only the chunks it lacks, changed chunks as
+                                    deltas against their old versions unless --no-delta); with --branch or
+                                    --all, snapshots the peer removed by its retention are not sent again`;
 
 export const REPLICATION_OPTIONS = {
   listen: { type: 'string' },
@@ -26,6 +28,7 @@ export const REPLICATION_OPTIONS = {
   branch: { type: 'string' },
   all: { type: 'boolean' },
   'no-hybrid': { type: 'boolean' },
+  'no-delta': { type: 'boolean' },
 } as const;
 
 
@@ -99,14 +102,18 @@ export const replicationCommands: Record<string, (ctx: Ctx) => Promise<void> | v
       const conn = await dial(ctx.values.to as string, secret, 'sender');
       const started = Date.now();
       const pool = new PerformancePool(cas, cat);
-      const r = await sendSnapshots(cas, cat, conn, snaps, { hybrid: !ctx.values['no-hybrid'], pool });
+      // Only a snapshot named on its own counts as explicit: --branch and --all respect the peer's retention.
+      const explicit = new Set(ctx.values.all || ctx.values.branch ? [] : snaps.map((s) => s.id));
+      const r = await sendSnapshots(cas, cat, conn, snaps, { hybrid: !ctx.values['no-hybrid'], pool, delta: !ctx.values['no-delta'], explicit });
       conn.close();
       const seconds = (Date.now() - started) / 1000;
       if (ctx.json) { process.stdout.write(JSON.stringify({ ...r, seconds }, null, 2) + '\n'); return; }
       for (const s of r.snapshots) {
-        out(`${s.skipped ? 'already there' : 'sent'}: ${s.name ?? s.id}${s.neighbour ? ` (diffed against ${s.neighbour})` : ''}`);
+        const what = s.skipReason === 'retired' ? 'not sent (the peer removed it by retention; name it to send it anyway)' : s.skipped ? 'already there' : 'sent';
+        out(`${what}: ${s.name ?? s.id}${s.neighbour ? ` (diffed against ${s.neighbour})` : ''}`);
       }
-      out(`${formatBytes(r.bytesOnWire)} on the wire in ${seconds.toFixed(1)} s; chunks offered ${r.chunksOffered}, needed ${r.chunksNeeded}, sent ${r.chunksSent}; ` +
+      out(`${formatBytes(r.bytesOnWire)} on the wire in ${seconds.toFixed(1)} s; chunks offered ${r.chunksOffered}, needed ${r.chunksNeeded}, ` +
+        `sent ${r.chunksSent} (${r.chunksSentAsDelta} as deltas, ${formatBytes(r.deltaBytes)}); ` +
         `read ${formatBytes(r.bytesFromCapacity)} from containers, ${formatBytes(r.bytesFromPerformance)} from the performance pool`);
     } finally {
       cas.close();

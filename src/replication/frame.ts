@@ -1,8 +1,8 @@
 // Replication wire format, layer 1: the byte stream of one connection cut into frames.
 //
-// Protocol (version 1). All integers are big-endian.
+// Protocol (version 2: delta chunks, retired snapshots). All integers are big-endian.
 //
-//   Each side first sends an 8-byte preamble:  "STRATAR" (ASCII) | u8 protocol version (= 1)
+//   Each side first sends an 8-byte preamble:  "STRATAR" (ASCII) | u8 protocol version (= 2)
 //   then frames, back to back:                 u32 length | u8 type | body (length - 1 bytes)
 //
 // `length` counts the type byte and the body, so it is at least 1. A reader refuses a frame whose
@@ -23,9 +23,13 @@
 //   R    PROOF  (or ERROR EAUTH and close)            hands an HMAC to a peer that has not proved itself
 //   S    AUTH_OK (or ERROR EAUTH and close)
 //   S,R  HELLO {storeId}
-//   S    HOLDINGS_QUERY → R HOLDINGS                  which snapshots the receiver already has
-//   S    OFFER(batch) … → R NEED(batch) …             pipelined: many OFFERs in flight, no per-batch wait
-//   S    CHUNK …                                      the needed chunks as stored (compressed)
+//   S    HOLDINGS_QUERY → R HOLDINGS                  which snapshots the receiver already has (or
+//                                                     removed by retention: not sent again unless named)
+//   S    OFFER(batch) … → R NEED(batch) …             pipelined: many OFFERs in flight, no per-batch wait;
+//                                                     an offered item names its delta bases, the NEED says
+//                                                     which needed items' bases the receiver holds
+//   S    CHUNK | CHUNK_DELTA …                        the needed chunks as stored (compressed), or as a
+//                                                     delta against bases the receiver holds when smaller
 //   S    COMMIT → R COMMITTED                         chunks first, snapshot commit last
 //   S    DONE, then both close
 // Either side may send ERROR {code, message} at any time and close; the other reports it.
@@ -33,7 +37,7 @@
 import { StrataError, type ErrorCode } from '../errors.js';
 
 export const PREAMBLE_MAGIC = Buffer.from('STRATAR', 'ascii');
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const PREAMBLE_BYTES = PREAMBLE_MAGIC.length + 1;
 /** u32 length + u8 type. */
 export const FRAME_HEADER_BYTES = 5;

@@ -12,11 +12,20 @@
 //   0x05 ERROR           u8 code length 1..32 | code [A-Z0-9_] | u16 message length ≤ 4096 | UTF-8 message
 //   0x10 HOLDINGS_QUERY  u32 count ≤ 65536 | count × id snapshotId (distinct)
 //   0x11 HOLDINGS        u32 count ≤ 65536 | count × (id snapshotId | 32 root handle) (distinct ids)
-//   0x20 OFFER           u32 batchId | u32 count 1..65536 | count × 32 handle
-//   0x21 NEED            u32 batchId | u32 count 1..65536 (the OFFER's count) | ceil(count/8) bitmap:
-//                        bit (i & 7) of byte (i >> 3) set = handle i of the offer is needed; pad bits 0
+//                        | u32 retired count ≤ 65536 | retired × (id snapshotId | 32 root handle):
+//                        snapshots this store held and removed by retention (distinct ids, none held)
+//   0x20 OFFER           u32 batchId | u32 count 1..65536 | count × (32 handle | u8 bases 0..4
+//                        | bases × 32 base handle): bases are chunks the receiver should hold (the
+//                        item's old version) that a delta of the item may be made against
+//   0x21 NEED            u32 batchId | u32 count 1..65536 (the OFFER's count) | ceil(count/8) bitmap
+//                        | ceil(count/8) bitmap: in the first, bit (i & 7) of byte (i >> 3) set =
+//                        handle i of the offer is needed; in the second, set = needed and the receiver
+//                        holds all of item i's bases (set only for needed items with bases); pad bits 0
 //   0x22 CHUNK           32 handle | u8 kind (0 data, 1 node, 2 tree root) | u8 codec (0 raw, 1 zstd)
 //                        | u32 rawLength ≤ 16 MiB | payload (the rest: the chunk as stored)
+//   0x23 CHUNK_DELTA     32 handle | u8 kind | u32 rawLength 1..16 MiB | u8 bases 1..4 | bases × 32
+//                        base handle | payload (the rest, ≥ 1 byte): zstd of the raw chunk with the
+//                        bases' raw bytes, concatenated in this order, as dictionary (delta-codec.ts)
 //   0x30 COMMIT          u32 record length 1..65536 | UTF-8 JSON object (the snapshot record)
 //                        | u16 fingerprint length ≤ 4096 | fingerprint bytes
 //   0x31 COMMITTED       id snapshotId
@@ -35,6 +44,8 @@ export const MAX_ERROR_CODE_CHARS = 32;
 export const MAX_ERROR_MESSAGE_BYTES = 4096;
 export const MAX_HOLDINGS = 65536;
 export const MAX_OFFER_HANDLES = 65536;
+/** Delta bases per offered item (and per CHUNK_DELTA); a full OFFER then still fits a frame (10.5 MiB). */
+export const MAX_BASES = 4;
 export const MAX_RECORD_BYTES = 64 * 1024;
 export const MAX_FINGERPRINT_BYTES = 4096;
 /** Refused above this, so a hostile rawLength cannot make the receiver allocate gigabytes to decompress. */
@@ -49,11 +60,17 @@ export type Message =
   | { type: 'HELLO'; storeId: string }
   | { type: 'ERROR'; code: string; message: string }
   | { type: 'HOLDINGS_QUERY'; snapshotIds: string[] }
-  | { type: 'HOLDINGS'; snapshots: Array<{ id: string; root: Handle }> }
-  | { type: 'OFFER'; batchId: number; handles: Handle[] }
-  /** `needed`: indexes into the offer's handles, strictly ascending, each < count. */
-  | { type: 'NEED'; batchId: number; count: number; needed: number[] }
+  /** `retired`: snapshots the receiver removed by retention (not held; the sender skips them unless named). */
+  | { type: 'HOLDINGS'; snapshots: Array<{ id: string; root: Handle }>; retired: Array<{ id: string; root: Handle }> }
+  /** `bases[i]`: the delta bases of handles[i] (0..MAX_BASES each; the same length as handles). */
+  | { type: 'OFFER'; batchId: number; handles: Handle[]; bases: Handle[][] }
+  /**
+   * `needed`: indexes into the offer's handles, strictly ascending, each < count. `withBases`: the
+   * needed indexes whose bases the receiver holds all of (a subset of `needed`, ascending).
+   */
+  | { type: 'NEED'; batchId: number; count: number; needed: number[]; withBases: number[] }
   | { type: 'CHUNK'; handle: Handle; kind: ChunkKind; codec: Codec; rawLength: number; payload: Buffer }
+  | { type: 'CHUNK_DELTA'; handle: Handle; kind: ChunkKind; rawLength: number; bases: Handle[]; payload: Buffer }
   | { type: 'COMMIT'; record: string; fingerprint: Buffer }
   | { type: 'COMMITTED'; snapshotId: string }
   | { type: 'DONE' };
@@ -72,6 +89,7 @@ export const MESSAGE_CODES: Readonly<Record<MessageType, number>> = Object.freez
   OFFER: 0x20,
   NEED: 0x21,
   CHUNK: 0x22,
+  CHUNK_DELTA: 0x23,
   COMMIT: 0x30,
   COMMITTED: 0x31,
   DONE: 0x3f,
@@ -185,37 +203,42 @@ export function encodeMessage(m: Message): { type: number; body: Buffer[] } {
       w.u32(m.snapshotIds.length);
       for (const id of m.snapshotIds) w.id(id, 'HOLDINGS_QUERY snapshot id');
       break;
-    case 'HOLDINGS':
+    case 'HOLDINGS': {
       checkCount(m.snapshots.length, 0, MAX_HOLDINGS, 'HOLDINGS');
-      checkDistinct(m.snapshots.map((s) => s.id), 'HOLDINGS');
-      w.u32(m.snapshots.length);
-      for (const s of m.snapshots) {
-        checkBytes(s.root, HANDLE_BYTES, 'HOLDINGS root');
-        w.id(s.id, 'HOLDINGS snapshot id').bytes(s.root);
+      checkCount(m.retired.length, 0, MAX_HOLDINGS, 'HOLDINGS retired');
+      checkDistinct([...m.snapshots, ...m.retired].map((s) => s.id), 'HOLDINGS');
+      for (const list of [m.snapshots, m.retired]) {
+        w.u32(list.length);
+        for (const s of list) {
+          checkBytes(s.root, HANDLE_BYTES, 'HOLDINGS root');
+          w.id(s.id, 'HOLDINGS snapshot id').bytes(s.root);
+        }
       }
       break;
+    }
     case 'OFFER':
       checkU32(m.batchId, 'OFFER batchId');
       checkCount(m.handles.length, 1, MAX_OFFER_HANDLES, 'OFFER');
+      if (!Array.isArray(m.bases) || m.bases.length !== m.handles.length) throw invalid('OFFER needs one list of bases per handle');
       w.u32(m.batchId).u32(m.handles.length);
-      for (const h of m.handles) {
+      m.handles.forEach((h, i) => {
         checkBytes(h, HANDLE_BYTES, 'OFFER handle');
-        w.bytes(h);
-      }
+        checkCount(m.bases[i].length, 0, MAX_BASES, 'OFFER bases');
+        w.bytes(h).u8(m.bases[i].length);
+        for (const b of m.bases[i]) {
+          checkBytes(b, HANDLE_BYTES, 'OFFER base');
+          w.bytes(b);
+        }
+      });
       break;
     case 'NEED': {
       checkU32(m.batchId, 'NEED batchId');
       checkCount(m.count, 1, MAX_OFFER_HANDLES, 'NEED count');
-      const bitmap = Buffer.alloc(Math.ceil(m.count / 8));
-      let prev = -1;
-      for (const i of m.needed) {
-        if (!Number.isInteger(i) || i <= prev || i >= m.count) {
-          throw invalid(`NEED indexes must be strictly ascending integers below ${m.count}, got ${i} after ${prev}`);
-        }
-        bitmap[i >> 3] |= 1 << (i & 7);
-        prev = i;
-      }
-      w.u32(m.batchId).u32(m.count).bytes(bitmap);
+      const needed = indexBitmap(m.needed, m.count, 'NEED indexes');
+      const withBases = indexBitmap(m.withBases, m.count, 'NEED withBases indexes');
+      const neededSet = new Set(m.needed);
+      for (const i of m.withBases) if (!neededSet.has(i)) throw invalid(`NEED withBases index ${i} is not a needed index`);
+      w.u32(m.batchId).u32(m.count).bytes(needed).bytes(withBases);
       break;
     }
     case 'CHUNK': {
@@ -223,6 +246,16 @@ export function encodeMessage(m: Message): { type: number; body: Buffer[] } {
       checkChunk(m.kind, m.codec, m.rawLength, m.payload.length, invalid);
       const head = new Writer().bytes(m.handle).u8(m.kind).u8(m.codec).u32(m.rawLength).done();
       return { type: MESSAGE_CODES.CHUNK, body: [...head, m.payload] };
+    }
+    case 'CHUNK_DELTA': {
+      checkBytes(m.handle, HANDLE_BYTES, 'CHUNK_DELTA handle');
+      checkDelta(m.kind, m.rawLength, m.bases.length, m.payload.length, invalid);
+      const head = new Writer().bytes(m.handle).u8(m.kind).u32(m.rawLength).u8(m.bases.length);
+      for (const b of m.bases) {
+        checkBytes(b, HANDLE_BYTES, 'CHUNK_DELTA base');
+        head.bytes(b);
+      }
+      return { type: MESSAGE_CODES.CHUNK_DELTA, body: [...head.done(), m.payload] };
     }
     case 'COMMIT': {
       const record = Buffer.from(m.record, 'utf8');
@@ -243,6 +276,20 @@ export function encodeMessage(m: Message): { type: number; body: Buffer[] } {
     }
   }
   return { type: MESSAGE_CODES[m.type], body: w.done() };
+}
+
+/** The bitmap of strictly ascending indexes below `count` (bit i & 7 of byte i >> 3). */
+function indexBitmap(indexes: number[], count: number, what: string): Buffer {
+  const bitmap = Buffer.alloc(Math.ceil(count / 8));
+  let prev = -1;
+  for (const i of indexes) {
+    if (!Number.isInteger(i) || i <= prev || i >= count) {
+      throw invalid(`${what} must be strictly ascending integers below ${count}, got ${i} after ${prev}`);
+    }
+    bitmap[i >> 3] |= 1 << (i & 7);
+    prev = i;
+  }
+  return bitmap;
 }
 
 /** Cuts a string to at most `max` UTF-8 bytes without splitting a character. */
@@ -271,6 +318,15 @@ function checkChunk(kind: number, codec: number, rawLength: number, payloadLengt
   if (codec === Codec.Zstd && (payloadLength === 0 || rawLength === 0)) {
     throw fail('CHUNK is zstd-compressed but empty (an empty chunk is stored raw)');
   }
+}
+
+function checkDelta(kind: number, rawLength: number, bases: number, payloadLength: number, fail: (m: string) => Error): void {
+  if (!CHUNK_KINDS.includes(kind)) throw fail(`CHUNK_DELTA kind ${kind} is not one that replicates (0 data, 1 node, 2 tree root)`);
+  if (!Number.isInteger(rawLength) || rawLength < 1 || rawLength > MAX_CHUNK_RAW_BYTES) {
+    throw fail(`CHUNK_DELTA rawLength ${rawLength} is outside 1..${MAX_CHUNK_RAW_BYTES}`);
+  }
+  if (bases < 1 || bases > MAX_BASES) throw fail(`CHUNK_DELTA names ${bases} bases, must be 1..${MAX_BASES}`);
+  if (payloadLength < 1) throw fail('CHUNK_DELTA has an empty payload');
 }
 
 function checkRecord(text: string, fail: (m: string) => Error): void {
@@ -357,6 +413,23 @@ function requireDistinct(c: Cursor, ids: string[]): void {
   if (new Set(ids).size !== ids.length) throw c.bad('snapshot ids are not distinct');
 }
 
+/** The indexes set in a bitmap of `count` bits; a set pad bit is refused. */
+function readBitmap(c: Cursor, count: number, field: string): number[] {
+  const bitmap = c.bytes(Math.ceil(count / 8), field);
+  const out: number[] = [];
+  for (let byte = 0; byte < bitmap.length; byte++) {
+    const bits = bitmap[byte];
+    if (bits === 0) continue;
+    for (let bit = 0; bit < 8; bit++) {
+      if (!(bits & (1 << bit))) continue;
+      const i = byte * 8 + bit;
+      if (i >= count) throw c.bad(`${field} has bit ${i} set, beyond the ${count} offered handles`);
+      out.push(i);
+    }
+  }
+  return out;
+}
+
 const DECODERS: { [T in MessageType]: (c: Cursor) => MessageOf<T> } = {
   CHALLENGE(c) {
     const r = c.u8('role');
@@ -383,36 +456,41 @@ const DECODERS: { [T in MessageType]: (c: Cursor) => MessageOf<T> } = {
     return { type: 'HOLDINGS_QUERY', snapshotIds };
   },
   HOLDINGS(c) {
-    const n = c.count('count', 0, MAX_HOLDINGS, 2 + HANDLE_BYTES);
-    const snapshots: Array<{ id: string; root: Handle }> = [];
-    for (let i = 0; i < n; i++) snapshots.push({ id: c.id(`snapshot id ${i}`), root: c.bytes(HANDLE_BYTES, `root ${i}`) });
-    requireDistinct(c, snapshots.map((s) => s.id));
-    return { type: 'HOLDINGS', snapshots };
+    const list = (what: string) => {
+      const n = c.count(`${what}count`, 0, MAX_HOLDINGS, 2 + HANDLE_BYTES);
+      const out: Array<{ id: string; root: Handle }> = [];
+      for (let i = 0; i < n; i++) out.push({ id: c.id(`${what}snapshot id ${i}`), root: c.bytes(HANDLE_BYTES, `${what}root ${i}`) });
+      return out;
+    };
+    const snapshots = list('');
+    const retired = list('retired ');
+    requireDistinct(c, [...snapshots, ...retired].map((s) => s.id));
+    return { type: 'HOLDINGS', snapshots, retired };
   },
   OFFER(c) {
     const batchId = c.u32('batchId');
-    const n = c.count('count', 1, MAX_OFFER_HANDLES, HANDLE_BYTES);
+    const n = c.count('count', 1, MAX_OFFER_HANDLES, HANDLE_BYTES + 1);
     const handles: Handle[] = [];
-    for (let i = 0; i < n; i++) handles.push(c.bytes(HANDLE_BYTES, `handle ${i}`));
-    return { type: 'OFFER', batchId, handles };
+    const bases: Handle[][] = [];
+    for (let i = 0; i < n; i++) {
+      handles.push(c.bytes(HANDLE_BYTES, `handle ${i}`));
+      const k = c.u8(`base count ${i}`);
+      if (k > MAX_BASES) throw c.bad(`item ${i} names ${k} bases, over the limit of ${MAX_BASES}`);
+      const list: Handle[] = [];
+      for (let j = 0; j < k; j++) list.push(c.bytes(HANDLE_BYTES, `base ${j} of item ${i}`));
+      bases.push(list);
+    }
+    return { type: 'OFFER', batchId, handles, bases };
   },
   NEED(c) {
     const batchId = c.u32('batchId');
     const count = c.u32('count');
     if (count < 1 || count > MAX_OFFER_HANDLES) throw c.bad(`count ${count} is outside 1..${MAX_OFFER_HANDLES}`);
-    const bitmap = c.bytes(Math.ceil(count / 8), 'bitmap');
-    const needed: number[] = [];
-    for (let byte = 0; byte < bitmap.length; byte++) {
-      const bits = bitmap[byte];
-      if (bits === 0) continue;
-      for (let bit = 0; bit < 8; bit++) {
-        if (!(bits & (1 << bit))) continue;
-        const i = byte * 8 + bit;
-        if (i >= count) throw c.bad(`bitmap has bit ${i} set, beyond the ${count} offered handles`);
-        needed.push(i);
-      }
-    }
-    return { type: 'NEED', batchId, count, needed };
+    const needed = readBitmap(c, count, 'bitmap');
+    const withBases = readBitmap(c, count, 'bases bitmap');
+    const neededSet = new Set(needed);
+    for (const i of withBases) if (!neededSet.has(i)) throw c.bad(`bases bitmap has bit ${i} set for an item that is not needed`);
+    return { type: 'NEED', batchId, count, needed, withBases };
   },
   CHUNK(c) {
     const handle = c.bytes(HANDLE_BYTES, 'handle');
@@ -422,6 +500,18 @@ const DECODERS: { [T in MessageType]: (c: Cursor) => MessageOf<T> } = {
     const payload = c.rest();
     checkChunk(kind, codec, rawLength, payload.length, bad);
     return { type: 'CHUNK', handle, kind: kind as ChunkKind, codec: codec as Codec, rawLength, payload };
+  },
+  CHUNK_DELTA(c) {
+    const handle = c.bytes(HANDLE_BYTES, 'handle');
+    const kind = c.u8('kind');
+    const rawLength = c.u32('rawLength');
+    const k = c.u8('base count');
+    if (k < 1 || k > MAX_BASES) throw c.bad(`names ${k} bases, must be 1..${MAX_BASES}`);
+    const bases: Handle[] = [];
+    for (let j = 0; j < k; j++) bases.push(c.bytes(HANDLE_BYTES, `base ${j}`));
+    const payload = c.rest();
+    checkDelta(kind, rawLength, k, payload.length, bad);
+    return { type: 'CHUNK_DELTA', handle, kind: kind as ChunkKind, rawLength, bases, payload };
   },
   COMMIT(c) {
     const n = c.u32('record length');

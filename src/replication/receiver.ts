@@ -1,4 +1,5 @@
 import { decompressChunk } from '../cas/codec.js';
+import { decompressDelta } from '../cas/delta-codec.js';
 import { computeFingerprint, fingerprintParams, FingerprintLedger } from '../cas/fingerprint.js';
 import { handleFromHex, hashBytes, shortHex } from '../cas/hash.js';
 import { decodeNode, FLAG_ROOT, FLAG_TREE, isHole } from '../cas/merkle-node.js';
@@ -9,7 +10,8 @@ import { retained } from '../pools/performance-pool.js';
 import type { Catalogue } from '../temporal/catalogue.js';
 import { ChunkKind, type Handle, type SnapshotInfo } from '../types.js';
 import type { FramedConnection } from './connection.js';
-import type { MessageOf } from './messages.js';
+import { MAX_CHUNK_RAW_BYTES, type MessageOf } from './messages.js';
+import { RetiredSnapshots } from './retired.js';
 import { decodeFingerprints } from './sender.js';
 import { storeId } from './store-id.js';
 
@@ -17,6 +19,9 @@ import { storeId } from './store-id.js';
 // a node is refused unless everything it names is already here, so a present node always means a
 // complete subtree. A snapshot commits last, in one transaction, once its root is present and its
 // fingerprints match; an interrupted transfer resumes by answering offers from the index.
+// A chunk may arrive as a delta against chunks this store holds (bases named in the offer); it is
+// decoded with this store's own, verified copies of the bases and then checked and stored as any
+// other chunk. Snapshots removed by retention are remembered, so a sender does not resend them.
 
 /** A sender silent for this long is dropped (it may resume later: nothing acknowledged is lost). */
 const IDLE_MS = 5 * 60_000;
@@ -45,37 +50,54 @@ export async function receiveSnapshots(cas: CasStore, cat: Catalogue, conn: Fram
   report.peer = hello.storeId;
   conn.sendMessage({ type: 'HELLO', storeId: storeId(cas) });
   const ledger = new FingerprintLedger(cas.index.db);
+  const retired = new RetiredSnapshots(cas.index.db);
   let sinceCommit = 0;
+  const stored = (payloadBytes: number) => {
+    report.chunksStored++;
+    report.bytesStored += payloadBytes;
+    sinceCommit += payloadBytes;
+    if (sinceCommit >= COMMIT_EVERY_BYTES) {
+      cas.chunks.commit();
+      sinceCommit = 0;
+    }
+  };
   try {
     for (;;) {
       const m = await conn.nextMessage(IDLE_MS);
       switch (m.type) {
         case 'HOLDINGS_QUERY': {
           const snaps = new Map(cat.list().map((s) => [s.id, s]));
-          conn.sendMessage({ type: 'HOLDINGS', snapshots: m.snapshotIds.filter((id) => snaps.has(id)).map((id) => ({ id, root: snaps.get(id)!.root })) });
+          const held = m.snapshotIds.filter((id) => snaps.has(id)).map((id) => ({ id, root: snaps.get(id)!.root }));
+          const gone = m.snapshotIds.filter((id) => !snaps.has(id)).flatMap((id) => {
+            const root = retired.root(id);
+            return root ? [{ id, root }] : [];
+          });
+          conn.sendMessage({ type: 'HOLDINGS', snapshots: held, retired: gone });
           break;
         }
         case 'OFFER': {
           const needed: number[] = [];
-          m.handles.forEach((h, i) => { if (!cas.chunks.has(h)) needed.push(i); });
-          if (!conn.sendMessage({ type: 'NEED', batchId: m.batchId, count: m.handles.length, needed })) await conn.drain();
+          const withBases: number[] = [];
+          m.handles.forEach((h, i) => {
+            if (cas.chunks.has(h)) return;
+            needed.push(i);
+            const bases = m.bases[i];
+            if (bases.length && bases.every((b) => cas.chunks.has(b))) withBases.push(i);
+          });
+          if (!conn.sendMessage({ type: 'NEED', batchId: m.batchId, count: m.handles.length, needed, withBases })) await conn.drain();
           break;
         }
         case 'CHUNK':
-          if (storeChunk(cas, m)) {
-            report.chunksStored++;
-            report.bytesStored += m.payload.length;
-            sinceCommit += m.payload.length;
-            if (sinceCommit >= COMMIT_EVERY_BYTES) {
-              cas.chunks.commit();
-              sinceCommit = 0;
-            }
-          }
+          if (storeChunk(cas, m)) stored(m.payload.length);
+          break;
+        case 'CHUNK_DELTA':
+          if (storeDelta(cas, m)) stored(m.payload.length);
           break;
         case 'COMMIT': {
           const s = commitSnapshot(cas, cat, ledger, m);
+          retired.forget(s.id);
           report.committed.push(s.id);
-          if (opts.keepPerBranch !== undefined) prune(cat, opts.keepPerBranch, opts.log);
+          if (opts.keepPerBranch !== undefined) prune(cat, retired, opts.keepPerBranch, opts.log);
           opts.onCommit?.(s);
           conn.sendMessage({ type: 'COMMITTED', snapshotId: s.id });
           break;
@@ -100,6 +122,34 @@ export async function receiveSnapshots(cas: CasStore, cat: Catalogue, conn: Fram
 function storeChunk(cas: CasStore, m: MessageOf<'CHUNK'>): boolean {
   if (cas.chunks.has(m.handle)) return false;
   const raw = decompressChunk(m.codec, m.payload, m.rawLength, `chunk ${shortHex(m.handle)} from the peer`);
+  storeRaw(cas, m.handle, m.kind, raw);
+  return true;
+}
+
+/**
+ * Decodes a delta with this store's copies of its bases, then checks and stores the chunk as
+ * storeChunk does; false when it was already here. A missing base, a delta that does not decode
+ * or decodes to other bytes than its handle names is refused before anything is stored.
+ */
+function storeDelta(cas: CasStore, m: MessageOf<'CHUNK_DELTA'>): boolean {
+  if (cas.chunks.has(m.handle)) return false;
+  const what = `delta chunk ${shortHex(m.handle)} from the peer`;
+  let baseBytes = 0;
+  for (const b of m.bases) {
+    const loc = cas.chunks.locate(b);
+    if (!loc) throw invalid(`${what} names base ${shortHex(b)}, which this store does not hold`);
+    baseBytes += loc.rawLength;
+  }
+  // Bounds the memory a peer can make us spend on one dictionary.
+  if (baseBytes > MAX_CHUNK_RAW_BYTES) throw invalid(`${what}: its bases hold ${baseBytes} bytes, over the ${MAX_CHUNK_RAW_BYTES}-byte limit`);
+  const raw = decompressDelta(m.payload, m.rawLength, m.bases.map((b) => cas.chunks.get(b)), what);
+  storeRaw(cas, m.handle, m.kind, raw);
+  return true;
+}
+
+/** Checks a chunk's raw bytes against its handle and kind (a node's children must be here) and stores it. */
+function storeRaw(cas: CasStore, handle: Handle, kind: ChunkKind, raw: Buffer): void {
+  const m = { handle, kind };
   if (!hashBytes(raw).equals(m.handle)) throw corrupt(`chunk ${shortHex(m.handle)} from the peer does not match its handle`);
   let children: Handle[] = [];
   if (m.kind === ChunkKind.Node || m.kind === ChunkKind.TreeRoot) {
@@ -124,7 +174,6 @@ function storeChunk(cas: CasStore, m: MessageOf<'CHUNK'>): boolean {
     throw invalid(`chunk kind ${m.kind as number} cannot be replicated`);
   }
   cas.chunks.put(m.handle, m.kind, raw, children);
-  return true;
 }
 
 function commitSnapshot(cas: CasStore, cat: Catalogue, ledger: FingerprintLedger, m: MessageOf<'COMMIT'>): SnapshotInfo {
@@ -183,13 +232,14 @@ function parseRecord(json: string): SnapshotInfo {
   };
 }
 
-/** Keeps the latest `keep` snapshots of every branch (removal re-parents; nothing else is touched). */
-function prune(cat: Catalogue, keep: number, log?: (msg: string) => void): void {
+/** Keeps the latest `keep` snapshots of every branch (removal re-parents; nothing else is touched) and remembers what it removed. */
+function prune(cat: Catalogue, retired: RetiredSnapshots, keep: number, log?: (msg: string) => void): void {
   const snaps = cat.list();
   const kept = retained(snaps, keep);
   for (const s of snaps) {
     if (kept.has(s.id)) continue;
     cat.remove(s.id);
+    retired.record(s.id, s.root);
     log?.(`retention: removed snapshot ${s.name ?? s.id} (keeping ${keep} per branch)`);
   }
 }

@@ -1,4 +1,5 @@
 import { compressChunk } from '../cas/codec.js';
+import { compressDelta } from '../cas/delta-codec.js';
 import { computeFingerprint, fingerprintParams, FingerprintLedger } from '../cas/fingerprint.js';
 import { handleKey } from '../cas/hash.js';
 import type { CasStore } from '../cas/store.js';
@@ -9,12 +10,15 @@ import { recordOf } from '../temporal/catalogue.js';
 import { nearestHeld, PeerHoldings } from '../temporal/peers.js';
 import { Codec, type Handle, type SnapshotInfo } from '../types.js';
 import type { FramedConnection } from './connection.js';
+import type { Message } from './messages.js';
 import { planOffer, type OfferItem } from './plan.js';
 import { storeId } from './store-id.js';
 
 // The sending side. For each snapshot: ask which snapshots the peer holds, diff against the
 // nearest one, offer the handles that differ in batches, and send the chunks the peer says it
 // lacks — offers, answers and chunks stream without waiting per batch — then commit last.
+// A needed chunk whose old version the peer holds travels as a delta against it when that is
+// smaller than the chunk as stored.
 
 const BATCH = 4096;
 /** Fingerprints travel in COMMIT (at most 4 KiB): 60 objects x (32-byte root, u32 generation, 32-byte value). */
@@ -22,14 +26,27 @@ const FP_ENTRY = 68;
 const FP_MAX = 60;
 
 export interface SendReport {
-  snapshots: { id: string; name: string | null; neighbour: string | null; skipped: boolean }[];
+  /**
+   * `skipped`: not sent, because the peer holds it (`skipReason` 'held') or removed it by its
+   * retention and it was not named explicitly ('retired'); null when sent.
+   */
+  snapshots: { id: string; name: string | null; neighbour: string | null; skipped: boolean; skipReason: 'held' | 'retired' | null }[];
   bytesOnWire: number;
   chunksOffered: number;
   chunksNeeded: number;
+  /** Chunks sent, as CHUNK or CHUNK_DELTA. */
   chunksSent: number;
-  /** Payload bytes of the chunks sent (as they travelled). */
+  /** Of chunksSent, those sent as a delta against chunks the peer holds. */
+  chunksSentAsDelta: number;
+  /** Payload bytes of the chunks sent (as they travelled, deltas included). */
   payloadBytes: number;
+  /** Of payloadBytes, the payloads of deltas. */
+  deltaBytes: number;
+  /** What the chunks sent as deltas take as stored (compressed): they would have cost this as CHUNKs. */
+  deltaPlainBytes: number;
+  /** Raw bytes read from containers: chunks sent (unless read natively) and delta bases. */
   bytesFromCapacity: number;
+  /** Raw bytes of chunks read natively from the performance pool (hybrid seeding). */
   bytesFromPerformance: number;
   fingerprintsChecked: number;
 }
@@ -38,13 +55,20 @@ export interface SendOptions {
   /** Read changed extents natively from the performance pool when it holds the object. */
   hybrid: boolean;
   pool?: PerformancePool | null;
+  /** Offer delta bases and send deltas when smaller (default true; false for comparisons). */
+  delta?: boolean;
+  /**
+   * Snapshots named explicitly: sent even when the peer removed them by retention (other such
+   * snapshots are skipped, so `--all` does not undo the peer's retention).
+   */
+  explicit?: ReadonlySet<string>;
 }
 
 /** Sends snapshots (parents before children) over an authenticated connection. */
 export async function sendSnapshots(cas: CasStore, cat: Catalogue, conn: FramedConnection, snaps: SnapshotInfo[], opts: SendOptions): Promise<SendReport> {
   const report: SendReport = {
-    snapshots: [], bytesOnWire: 0, chunksOffered: 0, chunksNeeded: 0, chunksSent: 0, payloadBytes: 0,
-    bytesFromCapacity: 0, bytesFromPerformance: 0, fingerprintsChecked: 0,
+    snapshots: [], bytesOnWire: 0, chunksOffered: 0, chunksNeeded: 0, chunksSent: 0, chunksSentAsDelta: 0, payloadBytes: 0,
+    deltaBytes: 0, deltaPlainBytes: 0, bytesFromCapacity: 0, bytesFromPerformance: 0, fingerprintsChecked: 0,
   };
   const socket = conn.socket;
   const wireStart = socket.bytesWritten;
@@ -63,12 +87,17 @@ export async function sendSnapshots(cas: CasStore, cat: Catalogue, conn: FramedC
       // Ids are random per store: a held id counts only when its root matches ours.
       if (roots.get(x.id)?.equals(x.root)) held.add(x.id);
     }
+    const retired = new Set(h.retired.filter((x) => roots.get(x.id)?.equals(x.root)).map((x) => x.id));
     for (const x of all) {
       if (held.has(x.id)) holdings.record(x.id, peer);
       else holdings.forget(x.id, peer);
     }
     if (held.has(s.id)) {
-      report.snapshots.push({ id: s.id, name: s.name, neighbour: null, skipped: true });
+      report.snapshots.push({ id: s.id, name: s.name, neighbour: null, skipped: true, skipReason: 'held' });
+      continue;
+    }
+    if (retired.has(s.id) && !opts.explicit?.has(s.id)) {
+      report.snapshots.push({ id: s.id, name: s.name, neighbour: null, skipped: true, skipReason: 'retired' });
       continue;
     }
     const neighbour = nearestHeld(all, s.id, held);
@@ -80,7 +109,7 @@ export async function sendSnapshots(cas: CasStore, cat: Catalogue, conn: FramedC
     for (const f of fingerprint.checked) ledger.record(f.root, f.size, f.generation);
     report.fingerprintsChecked += fingerprint.checked.length;
     holdings.record(s.id, peer);
-    report.snapshots.push({ id: s.id, name: s.name, neighbour: neighbour?.id ?? null, skipped: false });
+    report.snapshots.push({ id: s.id, name: s.name, neighbour: neighbour?.id ?? null, skipped: false, skipReason: null });
   }
   conn.sendMessage({ type: 'DONE' });
   await conn.drain();
@@ -116,10 +145,12 @@ async function streamChunks(cas: CasStore, conn: FramedConnection, plan: Iterabl
       pending.delete(need.batchId);
       answered++;
       report.chunksNeeded += need.needed.length;
+      const withBases = new Set(need.withBases);
       for (const i of need.needed) {
         const it = items[i];
         if (!it) throw invalid(`peer asked for item ${i} of a batch of ${items.length}`);
-        if (!conn.sendMessage(chunkMessage(cas, it, opts, report))) await conn.drain();
+        if (withBases.has(i) && !it.bases.length) throw invalid(`peer says it holds the bases of item ${i}, which has none`);
+        if (!conn.sendMessage(chunkMessage(cas, it, withBases.has(i), opts, report))) await conn.drain();
         report.chunksSent++;
       }
     }
@@ -131,15 +162,17 @@ async function streamChunks(cas: CasStore, conn: FramedConnection, plan: Iterabl
     if (!batch.length) return;
     pending.set(batchId, batch);
     report.chunksOffered += batch.length;
-    const ok = conn.sendMessage({ type: 'OFFER', batchId, handles: batch.map((b) => b.handle) });
+    const ok = conn.sendMessage({ type: 'OFFER', batchId, handles: batch.map((b) => b.handle), bases: batch.map((b) => b.bases) });
     batchId++;
     sent++;
     batch = [];
     poke();
     if (!ok) await conn.drain();
   };
-  for (const it of plan) {
+  const useDelta = opts.delta !== false;
+  for (const planned of plan) {
     if (failure) break;
+    const it = useDelta ? planned : { ...planned, bases: [] };
     if (it.source) fileRoots.set(handleKey(it.source.root), it.source.root);
     batch.push(it);
     if (batch.length >= BATCH) await flush();
@@ -151,24 +184,45 @@ async function streamChunks(cas: CasStore, conn: FramedConnection, plan: Iterabl
   return fileRoots;
 }
 
-/** A CHUNK as stored in its container, or read natively from the performance pool (hybrid seeding). */
-function chunkMessage(cas: CasStore, it: OfferItem, opts: SendOptions, report: SendReport) {
-  if (opts.hybrid && opts.pool && it.source && opts.pool.holds(it.source.root)) {
-    const raw = opts.pool.read(it.source.root, it.source.offset, it.source.length);
-    const { codec, payload } = compressChunk(raw);
-    report.bytesFromPerformance += raw.length;
-    report.payloadBytes += payload.length;
-    const loc = cas.chunks.locate(it.handle);
-    return { type: 'CHUNK' as const, handle: it.handle, kind: loc?.kind ?? 0, codec, rawLength: raw.length, payload };
-  }
+/**
+ * A CHUNK as stored in its container, or read natively from the performance pool (hybrid
+ * seeding); or, when the peer holds the item's bases, a CHUNK_DELTA if that is smaller than the
+ * chunk as stored. Bases are always read from containers (verified).
+ */
+function chunkMessage(cas: CasStore, it: OfferItem, peerHasBases: boolean, opts: SendOptions, report: SendReport): Message {
   const loc = cas.chunks.locate(it.handle);
   if (!loc) throw notFound(`chunk ${it.handle.toString('hex').slice(0, 12)}`);
+  const native = opts.hybrid && opts.pool && it.source && opts.pool.holds(it.source.root) ? it.source : null;
   // Read and check it first: a damaged chunk must not leave this store.
-  cas.chunks.readVerified(it.handle, loc);
+  let raw: Buffer;
+  if (native) {
+    raw = opts.pool!.read(native.root, native.offset, native.length);
+    report.bytesFromPerformance += raw.length;
+  } else {
+    raw = cas.chunks.readVerified(it.handle, loc);
+    report.bytesFromCapacity += loc.rawLength;
+  }
+  if (peerHasBases && raw.length > 0) {
+    const bases = it.bases.map((b) => cas.chunks.get(b));
+    for (const b of bases) report.bytesFromCapacity += b.length;
+    const payload = compressDelta(raw, bases);
+    // Worth it only when the delta and its base handles cost less than the chunk as stored.
+    if (payload.length + 33 * it.bases.length < loc.storedLength) {
+      report.chunksSentAsDelta++;
+      report.deltaBytes += payload.length;
+      report.deltaPlainBytes += loc.storedLength;
+      report.payloadBytes += payload.length;
+      return { type: 'CHUNK_DELTA', handle: it.handle, kind: loc.kind, rawLength: raw.length, bases: it.bases, payload };
+    }
+  }
+  if (native) {
+    const { codec, payload } = compressChunk(raw);
+    report.payloadBytes += payload.length;
+    return { type: 'CHUNK', handle: it.handle, kind: loc.kind, codec, rawLength: raw.length, payload };
+  }
   const payload = cas.chunks.readPayload(loc);
-  report.bytesFromCapacity += loc.rawLength;
   report.payloadBytes += payload.length;
-  return { type: 'CHUNK' as const, handle: it.handle, kind: loc.kind, codec: loc.codec as Codec, rawLength: loc.rawLength, payload };
+  return { type: 'CHUNK', handle: it.handle, kind: loc.kind, codec: loc.codec as Codec, rawLength: loc.rawLength, payload };
 }
 
 /** Fingerprints of the largest new file objects, for the peer to check its copies against. */
