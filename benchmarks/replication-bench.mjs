@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Replication benchmark: how many bytes (and how much time) it takes to bring a peer up to date,
-// for Strata (`strata replicate` to a `strata serve` peer, hybrid seeding on and off), rsync (a
+// for Strata (`strata replicate` to a `strata serve` peer: hybrid seeding on and off, deltas off), rsync (a
 // daemon on loopback, plain and with -z) and restic (`restic copy` between two repositories), on
 // the datasets of the dedup benchmark (benchmarks/datasets.mjs), in one run.
 //
@@ -48,7 +48,8 @@ const RESTIC_PASSWORD = 'strata-bench-not-secret';
 const TARGET_FACTOR = 1.1;
 /** Fixed bytes of a CHUNK message besides its payload: frame header (u32 length, u8 type) + 32 handle + kind + codec + u32 rawLength. */
 const CHUNK_HEADER_BYTES = 5 + 32 + 1 + 1 + 4;
-const OFFER_HANDLE_BYTES = 32;
+/** Per offered item: 32 handle + u8 base count (the base handles themselves are counted under "other"). */
+const OFFER_HANDLE_BYTES = 33;
 
 function say(msg) {
   process.stderr.write(`[replication-bench] ${msg}\n`);
@@ -331,10 +332,14 @@ async function strataPeer(store, key, what) {
   return { server, meter, address: `127.0.0.1:${meter.port}`, stop };
 }
 
-async function strataReplicate(peer, store, key, args, hybrid) {
+/** Options of `strata replicate` per mode: hybrid seeding and deltas are on unless the mode turns one off. */
+const STRATA_MODE_ARGS = { hybrid: [], 'no-hybrid': ['--no-hybrid'], 'no-delta': ['--no-delta'], branch: [] };
+
+async function strataReplicate(peer, store, key, args, mode) {
   peer.meter.reset();
-  const r = must(await strata(['replicate', ...args, '--store', store, '--to', peer.address, '--key', key, '--json',
-    ...(hybrid ? [] : ['--no-hybrid'])]), `strata replicate ${args.join(' ')}${hybrid ? '' : ' --no-hybrid'}`);
+  const extra = STRATA_MODE_ARGS[mode];
+  const r = must(await strata(['replicate', ...args, '--store', store, '--to', peer.address, '--key', key, '--json', ...extra]),
+    `strata replicate ${[...args, ...extra].join(' ')}`);
   await peer.meter.idle();
   const j = parseJson(r.stdout, 'strata replicate');
   return {
@@ -344,6 +349,10 @@ async function strataReplicate(peer, store, key, args, hybrid) {
     measuredUp: peer.meter.up,
     measuredDown: peer.meter.down,
     payloadBytes: j.payloadBytes,
+    chunksSentAsDelta: j.chunksSentAsDelta,
+    deltaBytes: j.deltaBytes,
+    // The chunks sent, at their compressed (stored) size: what they cost without deltas.
+    plainBytes: j.payloadBytes - j.deltaBytes + j.deltaPlainBytes,
     chunksOffered: j.chunksOffered,
     chunksNeeded: j.chunksNeeded,
     chunksSent: j.chunksSent,
@@ -358,7 +367,10 @@ async function strataReplicate(peer, store, key, args, hybrid) {
 const TOOLS = {
   strata: {
     id: 'strata',
-    modes: { hybrid: 'Strata (hybrid)', 'no-hybrid': 'Strata --no-hybrid', branch: 'Strata --branch (one command)' },
+    modes: {
+      hybrid: 'Strata (hybrid, deltas)', 'no-hybrid': 'Strata --no-hybrid', 'no-delta': 'Strata --no-delta (whole chunks)',
+      branch: 'Strata --branch (one command)',
+    },
     available: () => (fs.existsSync(STRATA_BIN) ? null : `Strata CLI not found at ${path.relative(ROOT, STRATA_BIN)}`),
     version() {
       let v = 'strata';
@@ -374,8 +386,9 @@ const TOOLS = {
     /**
      * Store A (`strata init` defaults: performance pool keeps native copies of files >= 32 MiB of the
      * latest 2 snapshots per branch). Per version: import it into A (a nightly backup), then replicate
-     * it to two fresh peers, one with hybrid seeding and one --no-hybrid, in alternating order per
-     * round. At the end, the whole line again in one command (--branch) to a third fresh peer.
+     * it to three fresh peers: with hybrid seeding and deltas, --no-hybrid, and --no-delta (changed
+     * chunks travel whole: the baseline of the same run), in rotating order per round. At the end,
+     * the whole line again in one command (--branch) to a fourth fresh peer.
      */
     async run(d, round, record) {
       const dir = path.join(RW, 'strata', d.id);
@@ -389,27 +402,29 @@ const TOOLS = {
       try {
         peers.hybrid = await strataPeer(path.join(dir, 'B-hybrid'), key, 'B-hybrid');
         peers['no-hybrid'] = await strataPeer(path.join(dir, 'B-no-hybrid'), key, 'B-no-hybrid');
-        const order = round % 2 ? ['hybrid', 'no-hybrid'] : ['no-hybrid', 'hybrid'];
+        peers['no-delta'] = await strataPeer(path.join(dir, 'B-no-delta'), key, 'B-no-delta');
+        const modes = ['hybrid', 'no-hybrid', 'no-delta'];
+        const order = modes.map((_, k) => modes[(k + round) % modes.length]);
         for (const [i, v] of d.versions.entries()) {
           const imp = await withStaged(d, v, (staged) =>
             strata(['import', path.join(staged, v.target), '--store', A, '--name', v.name, '--json']));
           must(imp, `strata import ${v.name}`);
           const ij = parseJson(imp.stdout, 'strata import');
           for (const mode of order) {
-            const m = await strataReplicate(peers[mode], A, key, [v.name], mode === 'hybrid');
+            const m = await strataReplicate(peers[mode], A, key, [v.name], mode);
             m.importSeconds = imp.seconds;
             m.importStoredBytes = ij.storedBytes;
             m.performancePool = ij.performancePool;
             record(i, mode, m);
-            say(`  strata ${mode} ${d.id} ${stepLabel(d, i)}: ${m.bytes} B on the wire (payload ${m.payloadBytes}), ${m.seconds.toFixed(2)} s`);
+            say(`  strata ${mode} ${d.id} ${stepLabel(d, i)}: ${m.bytes} B on the wire (payload ${m.payloadBytes}, ` +
+              `${m.chunksSentAsDelta} deltas of ${m.chunksSent} chunks), ${m.seconds.toFixed(2)} s`);
           }
         }
-        await peers.hybrid.stop();
-        await peers['no-hybrid'].stop();
+        for (const mode of modes) await peers[mode].stop();
         // The whole line in one command, to a fresh peer.
         peers.branch = await strataPeer(path.join(dir, 'B-branch'), key, 'B-branch');
         const last = d.versions[d.versions.length - 1].name;
-        const m = await strataReplicate(peers.branch, A, key, ['--branch', last], true);
+        const m = await strataReplicate(peers.branch, A, key, ['--branch', last], 'branch');
         record('all', 'branch', m);
         say(`  strata --branch ${d.id}: ${m.bytes} B on the wire (payload ${m.payloadBytes}), ${m.seconds.toFixed(2)} s`);
         await peers.branch.stop();
@@ -578,7 +593,7 @@ function sumRows(rows) {
   if (rows.some((r) => !r)) return null;
   const out = {};
   for (const k of ['bytes', 'seconds', 'measuredUp', 'measuredDown', 'payloadBytes', 'chunksOffered', 'chunksNeeded', 'chunksSent',
-    'bytesFromCapacity', 'bytesFromPerformance']) {
+    'chunksSentAsDelta', 'deltaBytes', 'plainBytes', 'bytesFromCapacity', 'bytesFromPerformance']) {
     if (rows.every((r) => typeof r[k] === 'number')) out[k] = sum(rows.map((r) => r[k]));
   }
   out.summed = true;
@@ -641,20 +656,21 @@ function markdown(report) {
   L.push('');
   L.push('Bytes: Strata = `bytesOnWire` of `strata replicate --json` (sender → receiver, after the handshake); rsync = ' +
     '"Total bytes sent" of `--stats` (client → daemon); restic = growth of the second repository (local; sum of file sizes). ' +
-    '"Compressed new chunks" = `payloadBytes` of the Strata (hybrid) run of the same step: the zstd-compressed size of the chunks ' +
-    'the peer lacked, as they travelled. Measured on loopback: every byte through a counting TCP relay in front of the server, ' +
+    '"Compressed new chunks" = the zstd-compressed size (as stored) of the chunks the peer lacked, from the Strata (hybrid) run of ' +
+    'the same step (`payloadBytes` − `deltaBytes` + `deltaPlainBytes`; what --no-delta sends as payload). Measured on loopback: every byte through a counting TCP relay in front of the server, ' +
     '→ sender to receiver, ← back (Strata: HOLDINGS and NEED bitmaps; rsync: block checksums of the receiver\'s basis files). ' +
     'Sources: what Strata read to send the chunks, uncompressed: from containers (capacity pool) / native copies (performance pool). ' +
     'Time: wall time of the command (process start-up included), median over the rounds; "(sum)" = sum of the per-step medians. ' +
     '± = the bytes differed between rounds (median shown).');
   L.push('');
   L.push(`Target (issue): incremental bytes on the wire ≤ ${TARGET_FACTOR} × the compressed size of the chunks the peer lacked ` +
-    '(Strata\'s own `payloadBytes`), and fewer than rsync and restic copy (rsync -z is not one of the issue\'s baselines; shown for reference).');
+    '("compressed new chunks"; deltas bring Strata below 1×), and fewer than rsync and restic copy (rsync -z is not one of the ' +
+    'issue\'s baselines; shown for reference).');
   L.push('');
   for (const d of report.datasets) {
     const res = report.results[d.id];
     if (res.tools.strata?.status !== 'ok') { L.push(`- ${d.id}: not evaluated (Strata ${res.tools.strata?.status ?? 'not run'})`); continue; }
-    const evs = ['hybrid', 'no-hybrid'].map((mode) => ({ mode, ev: res.targets[mode] })).filter((x) => x.ev.steps.length);
+    const evs = ['hybrid', 'no-hybrid', 'no-delta'].map((mode) => ({ mode, ev: res.targets[mode] })).filter((x) => x.ev?.steps.length);
     for (const { mode, ev } of evs) {
       const label = MODES.find((m) => m.mode === mode).label;
       if (mode === 'no-hybrid' && evs[0].mode === 'hybrid' && ev.steps.every((e, i) => e.bytes === evs[0].ev.steps[i]?.bytes)) {
@@ -666,10 +682,10 @@ function markdown(report) {
         .map((x) => `${x.label} ${fb(x.bytes)} ${e.bytes < x.bytes ? '✓' : '✗'}`).join(', ');
       const tally = ev.versusLabels.map((lab) => `${lab} in ${ev.steps.filter((e) => e.versus.some((x) => x.label === lab && x.bytes !== undefined && e.bytes < x.bytes)).length}/${ev.steps.length}`).join(', ');
       const dominant = [...new Set(ev.steps.map((e) => e.dominant))].join(' / ');
-      L.push(`- ${d.id}, ${label}, first incremental ${first.step}: ${fb(first.bytes)} B = ${fx(first.factor)} the payload ` +
+      L.push(`- ${d.id}, ${label}, first incremental ${first.step}: ${fb(first.bytes)} B = ${fx(first.factor)} the compressed new chunks ` +
         `(${fb(first.payload)}) → ${first.withinFactor ? 'met' : '**not met**'}; fewer than ${vs(first, true)} → ` +
         `${first.fewerThanRequired ? 'met' : '**not met**'}` + (vs(first, false) ? ` (for reference: ${vs(first, false)})` : '') + '. ' +
-        `All ${ev.steps.length} incremental step(s): ${f2(ev.minFactor)}–${fx(ev.maxFactor)} the payload, within ${TARGET_FACTOR}× in ` +
+        `All ${ev.steps.length} incremental step(s): ${f2(ev.minFactor)}–${fx(ev.maxFactor)} the compressed new chunks, within ${TARGET_FACTOR}× in ` +
         `${ev.steps.filter((e) => e.withinFactor).length}/${ev.steps.length}; fewer bytes than ${tally}; largest overhead: ${dominant}`);
     }
   }
@@ -698,23 +714,24 @@ function markdown(report) {
   L.push('');
   L.push('<details><summary>Strata: where the bytes on the wire go</summary>');
   L.push('');
-  L.push(`Overhead = bytes on the wire − payload. Offers = ${OFFER_HANDLE_BYTES} B per offered handle; CHUNK headers = ` +
-    `${CHUNK_HEADER_BYTES} B per chunk sent (frame header 5, handle 32, kind, codec, u32 raw length); other = the rest ` +
-    '(HELLO, HOLDINGS_QUERY with every snapshot id of the sender, OFFER frame headers, COMMIT with the snapshot record and up to ' +
+  L.push(`Overhead = bytes on the wire − payload (deltas included). Offers = ${OFFER_HANDLE_BYTES} B per offered handle (handle and ` +
+    `base count); CHUNK headers = ${CHUNK_HEADER_BYTES} B per chunk sent (frame header 5, handle 32, kind, codec, u32 raw length; ` +
+    'a CHUNK_DELTA has a base count instead of the codec); other = the rest (the 32-byte base handles in OFFERs and ' +
+    'CHUNK_DELTAs, HELLO, HOLDINGS_QUERY with every snapshot id of the sender, OFFER frame headers, COMMIT with the snapshot record and up to ' +
     '60 fingerprints of 68 B, DONE). Self-reported s = the `seconds` of the JSON (without process start-up); import s = the ' +
     '`strata import` of that version into store A just before.');
   L.push('');
-  L.push('| dataset | step | mode | wire | payload | overhead | offers | CHUNK headers | other | chunks offered / needed / sent | neighbour | self-reported s | import s |');
-  L.push('|---|---|---|--:|--:|--:|--:|--:|--:|---|---|--:|--:|');
+  L.push('| dataset | step | mode | wire | payload | of which deltas | overhead | offers | CHUNK headers | other | chunks offered / needed / sent (as deltas) | neighbour | self-reported s | import s |');
+  L.push('|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|');
   for (const d of report.datasets) {
     const res = report.results[d.id];
     for (const s of [...d.versions.keys(), 'all']) {
-      for (const mode of s === 'all' ? ['branch'] : ['hybrid', 'no-hybrid']) {
+      for (const mode of s === 'all' ? ['branch'] : ['hybrid', 'no-hybrid', 'no-delta']) {
         const r = res.rows[`${s}/strata/${mode}`];
         const o = overhead(r);
         if (!r || !o) continue;
-        L.push(`| ${d.id} | ${stepLabel(d, s)} | ${mode} | ${fb(r.bytes)} | ${fb(r.payloadBytes)} | ${fb(o.total)} (${((o.total / r.payloadBytes) * 100).toFixed(1)} %) | ` +
-          `${fb(o.offers)} | ${fb(o.chunkHeaders)} | ${fb(o.other)} | ${fb(r.chunksOffered)} / ${fb(r.chunksNeeded)} / ${fb(r.chunksSent)} | ` +
+        L.push(`| ${d.id} | ${stepLabel(d, s)} | ${mode} | ${fb(r.bytes)} | ${fb(r.payloadBytes)} | ${fb(r.deltaBytes)} | ${fb(o.total)} (${((o.total / r.payloadBytes) * 100).toFixed(1)} %) | ` +
+          `${fb(o.offers)} | ${fb(o.chunkHeaders)} | ${fb(o.other)} | ${fb(r.chunksOffered)} / ${fb(r.chunksNeeded)} / ${fb(r.chunksSent)} (${fb(r.chunksSentAsDelta)}) | ` +
           `${(r.neighbours ?? []).map((n) => n ?? '—').join(', ')} | ${f2(r.selfSeconds)} | ${f2(r.importSeconds)} |`);
       }
     }
@@ -808,9 +825,12 @@ for (const d of datasets) {
     if (steps.every(Boolean)) rows[`all/${tool}/${mode}`] = sumRows(steps);
   }
   const reference = {};
-  for (const s of [...d.versions.keys(), 'all']) reference[s] = rows[`${s}/strata/hybrid`]?.payloadBytes;
+  for (const s of [...d.versions.keys(), 'all']) {
+    const h = rows[`${s}/strata/hybrid`];
+    reference[s] = h?.plainBytes ?? h?.payloadBytes;
+  }
   const targets = {};
-  for (const mode of ['hybrid', 'no-hybrid']) {
+  for (const mode of ['hybrid', 'no-hybrid', 'no-delta']) {
     const steps = [];
     for (let i = 1; i < d.versions.length; i++) {
       const r = rows[`${i}/strata/${mode}`];
@@ -819,9 +839,10 @@ for (const d of datasets) {
       const versus = MODES.filter((m) => m.tool !== 'strata')
         .map((m) => ({ label: m.label, required: m.tool !== 'rsync-z', bytes: rows[`${i}/${m.tool}/${m.mode}`]?.bytes }));
       const o = overhead(r);
+      const plain = reference[i] ?? r.plainBytes ?? r.payloadBytes;
       steps.push({
-        step: stepLabel(d, i), bytes: r.bytes, payload: r.payloadBytes, factor: r.bytes / r.payloadBytes,
-        withinFactor: r.bytes <= TARGET_FACTOR * r.payloadBytes,
+        step: stepLabel(d, i), bytes: r.bytes, payload: plain, factor: r.bytes / plain,
+        withinFactor: r.bytes <= TARGET_FACTOR * plain,
         fewerThanRequired: versus.every((x) => !x.required || x.bytes === undefined || r.bytes < x.bytes),
         versus, dominant: o?.dominant,
       });
@@ -852,7 +873,8 @@ const report = {
   benchSeconds: (performance.now() - started) / 1000,
   method: {
     strata: 'store A: strata init (defaults); per version: strata import RW/stage/<dataset>[/disk.img] --name vN, then ' +
-      'strata replicate vN --to <relay> --key K --json to peer B-hybrid and (--no-hybrid) to peer B-no-hybrid, both strata serve ' +
+      'strata replicate vN --to <relay> --key K --json to peer B-hybrid, (--no-hybrid) to peer B-no-hybrid and (--no-delta) to ' +
+      'peer B-no-delta, all strata serve ' +
       '--listen 127.0.0.1:0 on fresh stores; finally strata replicate --branch vLast to a fresh B-branch',
     rsync: 'rsync --daemon on 127.0.0.1 (module on local disk); rsync -a --no-whole-file --checksum --delete --stats [--compress ' +
       '--compress-choice=zstd] SRC/ rsync://127.0.0.1:<relay>/bench/<dataset>-<variant>/, the target keeping the previous version',

@@ -9,6 +9,8 @@ import { dial, readKeyFile } from '../src/replication/auth.js';
 import { parseAddress, type FramedConnection } from '../src/replication/connection.js';
 import { encodeFrame, FrameReader, frameHeader, PREAMBLE, type ProtocolError } from '../src/replication/frame.js';
 import { decodeMessage, MESSAGE_CODES, type Message } from '../src/replication/messages.js';
+import { compressChunk } from '../src/cas/codec.js';
+import { Codec } from '../src/types.js';
 import { STRATA } from './helpers/cli.js';
 import { sh } from './helpers/mounted-store.js';
 import { MiB } from './helpers/fixture-tree.js';
@@ -18,6 +20,11 @@ import {
   buildMountableTree, containerBytes, containerFiles, copyTree, mountPeer, run, runJson, runOk, sleep, snapshotsOf, startServe, waitFor, type SendReport,
 } from './helpers/replication.js';
 
+const zstdOf = (raw: Buffer) => {
+  const c = compressChunk(raw);
+  if (c.codec !== Codec.Zstd) throw new Error('expected compressible bytes');
+  return c.payload;
+};
 const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 test.serial('a tree and an ext4 image replicate over TCP between two mounts; a second snapshot sends only its changes', async (t) => {
@@ -440,7 +447,8 @@ test('a receiver refuses a wrong secret, garbage, truncated, oversized and malfo
     await unchanged(c.what);
   }
 
-  // After a valid handshake (this process holds the right secret).
+  // After a valid handshake (this process holds the right secret). B holds snapshot one's root chunk.
+  const heldRoot = Buffer.from(logBefore[0].root, 'hex');
   const authed: Array<{ what: string; act: (c: FramedConnection) => void; code: string; log: RegExp }> = [
     {
       what: 'an oversized frame after authentication', code: 'EPROTO', log: /declares a 64 MiB body, over the 16 MiB limit/,
@@ -454,6 +462,23 @@ test('a receiver refuses a wrong secret, garbage, truncated, oversized and malfo
     {
       what: 'a CHUNK that does not match its handle', code: 'ECORRUPT', log: /does not match its handle/,
       act: (c) => c.sendMessage({ type: 'CHUNK', handle: crypto.randomBytes(32), kind: 0, codec: 0, rawLength: 5, payload: Buffer.from('hello') }),
+    },
+    {
+      what: 'a CHUNK_DELTA against a base the receiver does not hold', code: 'EINVAL', log: /names base [0-9a-f]+, which this store does not hold/,
+      act: (c) => c.sendMessage({ type: 'CHUNK_DELTA', handle: crypto.randomBytes(32), kind: 0, rawLength: 600, bases: [crypto.randomBytes(32)], payload: zstdOf(Buffer.alloc(600, 7)) }),
+    },
+    {
+      // A zstd frame that uses no dictionary decodes against any base: to bytes other than the handle names.
+      what: 'a CHUNK_DELTA that decodes to the wrong bytes', code: 'ECORRUPT', log: /delta chunk [0-9a-f]+ from the peer|does not match its handle/,
+      act: (c) => c.sendMessage({ type: 'CHUNK_DELTA', handle: crypto.randomBytes(32), kind: 0, rawLength: 600, bases: [heldRoot], payload: zstdOf(Buffer.alloc(600, 7)) }),
+    },
+    {
+      what: 'a CHUNK_DELTA that does not decode', code: 'ECORRUPT', log: /does not decode against its bases/,
+      act: (c) => c.sendMessage({ type: 'CHUNK_DELTA', handle: crypto.randomBytes(32), kind: 0, rawLength: 600, bases: [heldRoot], payload: crypto.randomBytes(40) }),
+    },
+    {
+      what: 'a CHUNK_DELTA whose length differs from its rawLength', code: 'ECORRUPT', log: /delta decoded to 600 bytes, expected 601|Destination buffer|does not decode/,
+      act: (c) => c.sendMessage({ type: 'CHUNK_DELTA', handle: crypto.randomBytes(32), kind: 0, rawLength: 601, bases: [heldRoot], payload: zstdOf(Buffer.alloc(600, 7)) }),
     },
     {
       what: 'a COMMIT whose root has not arrived', code: 'EINVAL', log: /has not arrived/,
@@ -593,7 +618,7 @@ test.serial('sync-back: a snapshot made on the peer from a replica comes back as
   for (const m of [a, b]) t.is((await run(m.store, ['verify'])).code, 0);
 });
 
-test('a receiver with --keep 2 keeps the latest two snapshots of each branch and still verifies', async (t) => {
+test('a receiver with --keep 2 keeps the latest two snapshots of each branch, still verifies, and --all does not resend what it removed', async (t) => {
   const { base, key, aStore, bStore } = await twoStores(t, 'strata-repl-keep-');
   const b = await startServe(t, bStore, { listen: `unix:${path.join(base, 'b.sock')}`, key, keep: 2 });
   const data = path.join(base, 'data');
@@ -628,11 +653,82 @@ test('a receiver with --keep 2 keeps the latest two snapshots of each branch and
   }
   // The origin still has everything: retention is the receiver's.
   t.is((await snapshotsOf(aStore)).length, 8);
+  // --all does not undo B's retention: what B removed is skipped, and says why; only x1, which B
+  // never had, is sent.
   const all = await runJson<SendReport>(aStore, ['replicate', '--all', '--to', b.address, '--key', key]);
   const lb2 = await snapshotsOf(bStore);
-  // Known limitation (reported): retention cut the links of the kept snapshots to the removed ones,
-  // so snapshots --all sends again come back as separate branches and stay. Only logged here.
-  t.log(`after --all: ${JSON.stringify(all.snapshots.map((s) => [s.name, s.skipped]))}; B keeps: ${lb2.map((s) => `${s.name}<-${s.parent ? lb2.find((p) => p.id === s.parent)?.name ?? s.parent : 'none'}`).join(', ')}`);
+  t.log(`after --all: ${JSON.stringify(all.snapshots.map((s) => [s.name, s.skipReason]))}; B keeps: ${lb2.map((s) => `${s.name}<-${s.parent ? lb2.find((p) => p.id === s.parent)?.name ?? s.parent : 'none'}`).join(', ')}`);
+  t.deepEqual(Object.fromEntries(all.snapshots.map((s) => [s.name, s.skipReason])), {
+    s1: 'retired', s2: 'retired', s3: 'retired', s4: 'held', s5: 'held', x1: null, x2: 'held', x3: 'held',
+  });
+  t.deepEqual(lb2.map((s) => s.name).sort(), ['s4', 's5', 'x1', 'x2', 'x3']);
+  // A second --all sends nothing, and the plain output says why s1 stays away.
+  const again = await runOk(aStore, ['replicate', '--all', '--to', b.address, '--key', key]);
+  t.regex(again.stdout, /not sent \(the peer removed it by retention; name it to send it anyway\): s1/);
+  t.regex(again.stdout, /already there: x1/);
+  t.deepEqual((await snapshotsOf(bStore)).map((s) => s.name).sort(), ['s4', 's5', 'x1', 'x2', 'x3']);
+  // Named explicitly, a removed snapshot is sent, and kept until retention removes it again.
+  const named = await runJson<SendReport>(aStore, ['replicate', 's2', '--to', b.address, '--key', key]);
+  t.deepEqual(named.snapshots.map((s) => [s.name, s.skipped, s.skipReason]), [['s2', false, null]]);
+  t.true((await snapshotsOf(bStore)).some((s) => s.name === 's2'));
+  const after = await runJson<SendReport>(aStore, ['replicate', '--all', '--to', b.address, '--key', key]);
+  t.is(after.snapshots.find((s) => s.name === 's2')?.skipReason, 'held');
   t.is(await b.stop(), 0);
   t.is((await run(bStore, ['verify'])).code, 0);
+});
+
+/** Text that compresses like source code: lines of words from a small vocabulary. */
+function textFile(seed: number, lines: number): string {
+  const words = ['const', 'return', 'function', 'value', 'index', 'buffer', 'handle', 'chunk', 'if', 'else', 'await', 'node', 'length', 'offset'];
+  const r = pseudoRandomBytes(lines * 8, seed);
+  const out: string[] = [];
+  for (let i = 0; i < lines; i++) out.push(`  ${Array.from(r.subarray(i * 8, i * 8 + 8), (b) => words[b % words.length]).join(' ')}; // line ${i}`);
+  return out.join('\n') + '\n';
+}
+
+test('changed chunks of a disk image and of a tree travel as deltas: far fewer bytes than the new chunks, the same data on the peer', async (t) => {
+  const { base, key, aStore, bStore } = await twoStores(t, 'strata-repl-delta-');
+  const b = await startServe(t, bStore, { listen: `unix:${path.join(base, 'b.sock')}`, key });
+  // An incompressible 8 MiB image (fixed 64 KiB chunks) and a tree of text files (content-defined chunks).
+  const img = path.join(base, 'disk.img');
+  fs.writeFileSync(img, pseudoRandomBytes(8 * MiB, 11));
+  const tree = path.join(base, 'tree');
+  fs.mkdirSync(path.join(tree, 'lib'), { recursive: true });
+  for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(tree, 'lib', `m${i}.ts`), textFile(300 + i, 800));
+  await runOk(aStore, ['import', img, '--name', 'img1']);
+  await runOk(aStore, ['import', tree, '--name', 'tree1']);
+  for (const s of ['img1', 'tree1']) await runOk(aStore, ['replicate', s, '--to', b.address, '--key', key]);
+
+  // A few bytes change in 20 places of the image; 10 files get a line changed and one inserted.
+  const fd = fs.openSync(img, 'r+');
+  for (let i = 0; i < 20; i++) fs.writeSync(fd, Buffer.from(`edit ${i} `.repeat(10)), 0, undefined, 100_000 + i * 397_000);
+  fs.closeSync(fd);
+  for (let i = 0; i < 30; i += 3) {
+    const f = path.join(tree, 'lib', `m${i}.ts`);
+    const lines = fs.readFileSync(f, 'utf8').split('\n');
+    lines[200] = '  const changed = true; // an edited line';
+    lines.splice(500, 0, '  // an inserted comment line');
+    fs.writeFileSync(f, lines.join('\n'));
+  }
+  await runOk(aStore, ['import', img, '--name', 'img2']);
+  await runOk(aStore, ['import', tree, '--name', 'tree2']);
+  for (const s of ['img2', 'tree2']) {
+    const r = await runJson<SendReport>(aStore, ['replicate', s, '--to', b.address, '--key', key]);
+    // The compressed size of the chunks the peer lacked: what they would have cost without deltas.
+    const plain = r.payloadBytes - r.deltaBytes + r.deltaPlainBytes;
+    t.log(`${s}: ${r.bytesOnWire} bytes on the wire, ${r.chunksSent} chunks sent (${r.chunksSentAsDelta} as deltas, ${r.deltaBytes} bytes); as plain chunks ${plain} bytes`);
+    t.false(r.snapshots[0].skipped);
+    t.true(r.chunksSentAsDelta > 0, `${s}: deltas were sent`);
+    t.true(r.chunksSentAsDelta >= r.chunksSent / 2, `${s}: most changed chunks went as deltas`);
+    t.true(r.bytesOnWire * 4 < plain, `${s}: ${r.bytesOnWire} bytes on the wire, well below ${plain}`);
+    t.true(r.bytesFromCapacity > 0, 'bases are read from containers');
+  }
+  // The peer holds the same bytes, and both stores verify.
+  const rImg = path.join(base, 'restored.img');
+  await runOk(bStore, ['restore', 'img2', rImg]);
+  t.is(sha256(rImg), sha256(img));
+  assertSameTree(t, await restored(aStore, 'tree2', path.join(base, 'ra')), await restored(bStore, 'tree2', path.join(base, 'rb')), { skipPath: (k) => k === '.' });
+  t.is(fs.readFileSync(path.join(base, 'rb', 'lib', 'm3.ts'), 'utf8'), fs.readFileSync(path.join(tree, 'lib', 'm3.ts'), 'utf8'));
+  t.is(await b.stop(), 0);
+  for (const s of [aStore, bStore]) t.is((await run(s, ['verify'])).code, 0);
 });
