@@ -238,7 +238,15 @@ export class CompressorPool {
     }
     const { slot } = this.posted[0];
     const w = (Atomics as unknown as AtomicsWaitAsync).waitAsync(slot.signal, SLOT_REPLIES, slot.received, WAIT_SLICE_MS);
-    return w.async ? w.value.then(() => undefined) : Promise.resolve();
+    if (!w.async) return Promise.resolve();
+    // A pending waitAsync does not keep the event loop alive; the timer does.
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, WAIT_SLICE_MS);
+      void w.value.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   /** Every job submitted so far is cancelled: its outcome will never be handed out. A broken pool is reset. */

@@ -35,14 +35,32 @@ const PATCH_PIECE = 1024 * 1024;
 export function patchObject(
   objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,
 ): ObjectInfo {
+  const steps = patchObjectSteps(objects, base, patches, newSize, chunking);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * patchObject in steps: the generator yields after each piece of at most PATCH_PIECE bytes fed to
+ * the chunker (and every few hundred copied leaves), so a caller can let other work run between
+ * steps. Nothing may change the base object or the patches' bytes until it returns.
+ */
+export function* patchObjectSteps(
+  objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,
+): Generator<void, ObjectInfo, void> {
   if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalid(`patch: bad new size ${String(newSize)}`);
   const baseNode = base ? objects.node(base) : null;
   const mode = chunking ?? baseNode?.chunking ?? Chunking.Cdc;
   const p = new Patcher(objects, base, baseNode ? nodeSize(baseNode) : 0, new DirtyExtents(patches, newSize), newSize, mode,
     // Old leaf starts are cut points of the new chunking only if the same chunker made them.
     baseNode !== null && baseNode.chunking === mode);
-  return p.run();
+  return yield* p.run();
 }
+
+/** Copied leaves between two yields of patchObjectSteps. */
+const LEAVES_PER_STEP = 256;
 
 class Patcher {
   private readonly leaves: LeafWindow;
@@ -68,9 +86,10 @@ class Patcher {
     this.zeros = zeroBuffer(Math.max(objects.params.max, objects.params.fixedSize));
   }
 
-  run(): ObjectInfo {
+  *run(): Generator<void, ObjectInfo, void> {
     // Invariant: `pos` is a cut of the new chunking and everything before it has been added.
     let pos = 0;
+    let copied = 0;
     while (pos < this.newSize) {
       this.leaves.release(pos);
       const z = this.zeroRunEnd(pos);
@@ -86,8 +105,9 @@ class Patcher {
         if (leaf) {
           this.builder.add(leaf.handle, leaf.length);
           pos += leaf.length;
+          if (++copied % LEAVES_PER_STEP === 0) yield;
         } else {
-          pos = this.rechunk(pos);
+          pos = yield* this.rechunk(pos);
         }
       }
     }
@@ -100,7 +120,7 @@ class Patcher {
    * end; returns that cut. Chunks the chunker already holds past it are dropped: a fresh chunker
    * started there would cut them the same way.
    */
-  private rechunk(start: number): number {
+  private *rechunk(start: number): Generator<void, number, void> {
     const chunker = createChunker(this.mode, this.objects.params);
     let cut = start;
     let fed = start;
@@ -121,6 +141,7 @@ class Patcher {
       }
       if (ending) return cut;
       this.leaves.release(cut);
+      yield;
     }
   }
 

@@ -3,10 +3,25 @@ import type { Handle } from '../types.js';
 
 // Unflushed writes of one live file: sorted, non-overlapping extents over the stored content.
 // Every open handle of the file shares one buffer, so readers see writers at once.
+//
+// A flush runs across event-loop turns, so the file keeps changing while it runs: beginFlush()
+// hands the writes so far to the flush (they stay readable as a layer between the stored content
+// and newer writes), endFlush() makes its result the stored content, abortFlush() puts them back.
 
 export interface Extent {
   offset: number;
   data: Buffer;
+}
+
+/** The state of a file a flush stores: `base` with `extents` written on top, cut to `truncatedTo`, then sized to `size`. */
+export interface FlushJob {
+  readonly base: Handle | null;
+  readonly extents: Extent[];
+  readonly size: number;
+  readonly truncatedTo: number | null;
+  readonly resized: boolean;
+  /** The mtime to store with the content. */
+  readonly mtimeUs: number | undefined;
 }
 
 export class FileBuffer {
@@ -23,12 +38,17 @@ export class FileBuffer {
   resized = false;
   /** The smallest size below the stored size the file was cut to since the last flush: stored bytes past it are gone. */
   truncatedTo: number | null = null;
+  /** The flush in progress, if any: its writes are no longer in `extents` nor stored yet. */
+  flushing: FlushJob | null = null;
+  /** Why the last background flush failed; reported (and cleared) by the next flush, fsync or close. */
+  error: Error | null = null;
 
   constructor(public base: Handle | null, size: number) {
     this.size = size;
     this.baseSize = size;
   }
 
+  /** Changes not handed to a flush yet. */
   get dirty(): boolean {
     return this.extents.length > 0 || this.resized;
   }
@@ -76,7 +96,8 @@ export class FileBuffer {
     this.dirtyBytes = this.extents.reduce((s, e) => s + e.data.length, 0);
     this.size = size;
     this.resized = true;
-    if (size < this.baseSize) this.truncatedTo = this.truncatedTo === null ? size : Math.min(this.truncatedTo, size);
+    // During a flush, `truncatedTo` is relative to what the flush will store.
+    if (size < (this.flushing ? this.flushing.size : this.baseSize)) this.truncatedTo = this.truncatedTo === null ? size : Math.min(this.truncatedTo, size);
   }
 
   /** Reads through the buffer: stored content below, unflushed writes on top, zeros past the stored size. */
@@ -85,9 +106,19 @@ export class FileBuffer {
     if (end <= offset) return Buffer.alloc(0);
     const out = Buffer.alloc(end - offset);
     // A truncation below the base size hides the base's tail even where it is still stored.
-    const baseLimit = Math.min(this.baseSize, this.size, this.truncatedTo ?? Number.POSITIVE_INFINITY);
+    const cut = Math.min(this.size, this.truncatedTo ?? Infinity);
+    const f = this.flushing;
+    const baseLimit = Math.min(this.baseSize, cut, f ? Math.min(f.size, f.truncatedTo ?? Infinity) : Infinity);
     if (this.base && offset < baseLimit) {
       objects.readObject(this.base, offset, Math.min(end, baseLimit) - offset).copy(out, 0);
+    }
+    if (f) {
+      const limit = Math.min(end, f.size, cut);
+      for (const e of f.extents) {
+        const s = Math.max(offset, e.offset);
+        const t = Math.min(limit, e.offset + e.data.length);
+        if (s < t) e.data.copy(out, s - offset, s - e.offset, t - e.offset);
+      }
     }
     for (const e of this.extents) {
       const s = Math.max(offset, e.offset);
@@ -97,6 +128,49 @@ export class FileBuffer {
     return out;
   }
 
+
+  /** Hands everything unflushed to a flush; the buffer then collects only later changes. */
+  beginFlush(): FlushJob {
+    if (this.flushing) throw new Error('a flush of this file is already running');
+    const job: FlushJob = {
+      base: this.base, extents: this.extents, size: this.size, truncatedTo: this.truncatedTo,
+      resized: this.resized, mtimeUs: this.mtimeUs,
+    };
+    this.flushing = job;
+    this.extents = [];
+    this.dirtyBytes = 0;
+    this.resized = false;
+    this.truncatedTo = null;
+    return job;
+  }
+
+  /** The flush stored `job` as `base`: that is the stored content now. */
+  endFlush(job: FlushJob, base: Handle | null): void {
+    if (this.flushing !== job) throw new Error('ending a flush that is not running');
+    this.flushing = null;
+    this.base = base;
+    this.baseSize = job.size;
+    if (!this.dirty && this.mtimeUs === job.mtimeUs) this.mtimeUs = undefined;
+  }
+
+  /** The flush of `job` failed: its writes become unflushed again, under the ones made since. */
+  abortFlush(job: FlushJob): void {
+    if (this.flushing !== job) throw new Error('aborting a flush that is not running');
+    const later = this.extents;
+    const laterCut = this.truncatedTo;
+    const size = this.size;
+    const resized = this.resized;
+    this.flushing = null;
+    this.extents = job.extents;
+    this.dirtyBytes = job.extents.reduce((n, e) => n + e.data.length, 0);
+    this.truncatedTo = job.truncatedTo;
+    this.resized = job.resized;
+    this.size = job.size;
+    if (laterCut !== null) this.truncate(laterCut);
+    if (resized) this.resized = true;
+    this.size = size;
+    for (const e of later) this.write(e.offset, e.data);
+  }
 
   /** After a flush: the new stored content is `base` of `size` bytes, nothing dirty. */
   flushed(base: Handle | null): void {
