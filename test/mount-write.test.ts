@@ -72,15 +72,16 @@ test.serial('a 64 MiB file read and stat-ed by another process while it is writt
 
 test.serial('a daemon killed in the middle of a write, without fsync, leaves a store verify accepts', async (t) => {
   const m = mountStore(t);
-  const data = pseudoRandomBytes(96 * MIB, 22);
+  const data = pseudoRandomBytes(160 * MIB, 22);
   const src = path.join(m.base, 'src.bin');
   fs.writeFileSync(src, data);
   const file = path.join(m.live, 'partial');
   const w = writer(src, file, false);
-  // Kill once a few flushes have run (the file's stored size grows in steps of the flush size).
+  // Kill once flushes have committed part of it: writes wait for the flusher once 32 MiB are
+  // buffered besides the (at most 32 MiB) flush running, so at 112 MiB some must have.
   for (let i = 0; i < 600; i++) {
     const size = fs.existsSync(file) ? fs.statSync(file).size : 0;
-    if (size >= 40 * MIB) break;
+    if (size >= 112 * MIB) break;
     await new Promise((r) => setTimeout(r, 20));
   }
   await killAndRemount(m);
@@ -90,6 +91,7 @@ test.serial('a daemon killed in the middle of a write, without fsync, leaves a s
   m.remount();
   // What survived is the content of the last committed flush: a prefix of what was written.
   const got = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0);
+  t.true(got.length > 0 && got.length < data.length, `${got.length} bytes survived`);
   t.true(got.equals(data.subarray(0, got.length)), `the surviving ${got.length} bytes are what was written`);
   t.log(`${got.length} of ${data.length} bytes survived`);
 });

@@ -16,6 +16,7 @@ import { corrupt, invalid } from '../errors.js';
 import { Chunking, type ChunkerParams, type Handle, type ObjectInfo } from '../types.js';
 import { createChunker } from './chunker.js';
 import { isHole, nodeSize, ZERO_HANDLE } from './merkle-node.js';
+import type { ChunkStream } from './chunk-offload.js';
 import { iterateLeaves, type Leaf, type ObjectBuilder, type ObjectStore } from './object-store.js';
 
 export interface Patch {
@@ -46,10 +47,15 @@ export function patchObject(
  * patchObject in steps: the generator yields after each piece of at most PATCH_PIECE bytes fed to
  * the chunker (and every few hundred copied leaves), so a caller can let other work run between
  * steps. Nothing may change the base object or the patches' bytes until it returns.
+ *
+ * When the rest of the object is one stream to chunk to its end (written data past the old end,
+ * as sequential writes leave it: no old leaf can be copied and no zeros skipped), it yields that
+ * stream instead; the caller either chunks it (handing every chunk to its add()) and resumes with
+ * true, or resumes with anything else to have it chunked here.
  */
 export function* patchObjectSteps(
   objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,
-): Generator<void, ObjectInfo, void> {
+): Generator<ChunkStream | void, ObjectInfo, unknown> {
   if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalid(`patch: bad new size ${String(newSize)}`);
   const baseNode = base ? objects.node(base) : null;
   const mode = chunking ?? baseNode?.chunking ?? Chunking.Cdc;
@@ -61,6 +67,8 @@ export function* patchObjectSteps(
 
 /** Copied leaves between two yields of patchObjectSteps. */
 const LEAVES_PER_STEP = 256;
+/** A tail shorter than this is chunked here rather than offered as a stream. */
+const TAIL_STREAM_MIN = 1024 * 1024;
 
 class Patcher {
   private readonly leaves: LeafWindow;
@@ -86,7 +94,7 @@ class Patcher {
     this.zeros = zeroBuffer(Math.max(objects.params.max, objects.params.fixedSize));
   }
 
-  *run(): Generator<void, ObjectInfo, void> {
+  *run(): Generator<ChunkStream | void, ObjectInfo, unknown> {
     // Invariant: `pos` is a cut of the new chunking and everything before it has been added.
     let pos = 0;
     let copied = 0;
@@ -106,6 +114,8 @@ class Patcher {
           this.builder.add(leaf.handle, leaf.length);
           pos += leaf.length;
           if (++copied % LEAVES_PER_STEP === 0) yield;
+        } else if (this.tailIsStream(pos) && (yield this.tail(pos)) === true) {
+          pos = this.newSize;
         } else {
           pos = yield* this.rechunk(pos);
         }
@@ -120,7 +130,7 @@ class Patcher {
    * end; returns that cut. Chunks the chunker already holds past it are dropped: a fresh chunker
    * started there would cut them the same way.
    */
-  private *rechunk(start: number): Generator<void, number, void> {
+  private *rechunk(start: number): Generator<void, number, unknown> {
     const chunker = createChunker(this.mode, this.objects.params);
     let cut = start;
     let fed = start;
@@ -143,6 +153,36 @@ class Patcher {
       this.leaves.release(cut);
       yield;
     }
+  }
+
+  /**
+   * Whether chunking from `pos` (a cut) runs to the end without a shortcut: past the old end the
+   * patches cover everything (no zeros to skip); before it lies only the old last leaf, which is
+   * never copyable (the stream no longer ends where it was cut) nor a hole.
+   */
+  private tailIsStream(pos: number): boolean {
+    if (this.newSize - pos < TAIL_STREAM_MIN || this.newSize <= this.oldSize) return false;
+    if (!this.dirty.covers(Math.max(pos, this.oldSize), this.newSize)) return false;
+    if (pos >= this.oldSize) return true;
+    const leaf = this.leaves.at(pos);
+    return leaf !== undefined && leaf.offset + leaf.length === this.oldSize && !isHole(leaf.handle);
+  }
+
+  /** The stream from `pos` to the end, its chunks going to the builder as rechunk() would add them. */
+  private tail(pos: number): ChunkStream {
+    const self = this;
+    return {
+      mode: this.mode,
+      params: this.objects.params,
+      *pieces() {
+        for (let x = pos; x < self.newSize;) {
+          const p = self.piece(x);
+          x += p.length;
+          yield p;
+        }
+      },
+      add: (chunk, handle) => this.builder.addHashedChunk(chunk, handle),
+    };
   }
 
   private shortcutAt(pos: number): boolean {
@@ -255,6 +295,17 @@ class DirtyExtents {
   nextStart(x: number): number {
     const s = this.segs[this.firstEndingAfter(x)];
     return s ? Math.max(s.start, x) : Infinity;
+  }
+
+  /** Whether patches cover every byte of [a, b). */
+  covers(a: number, b: number): boolean {
+    let x = a;
+    for (let k = this.firstEndingAfter(a); x < b; k++) {
+      const s = this.segs[k];
+      if (!s || s.start > x) return false;
+      x = s.end;
+    }
+    return true;
   }
 
   overlaps(a: number, b: number): boolean {

@@ -1,3 +1,4 @@
+import type { ChunkOffload } from '../cas/chunk-offload.js';
 import { patchObject, patchObjectSteps } from '../cas/object-patch.js';
 import type { ObjectStore } from '../cas/object-store.js';
 import type { Handle, ObjectInfo } from '../types.js';
@@ -24,15 +25,22 @@ export function rewriteContent(objects: ObjectStore, b: ContentChange): ObjectIn
 
 /**
  * rewriteContent in slices of about SLICE_MS, letting the event loop run (FUSE requests are
- * answered) and compressions come back between them. The caller keeps `b`'s bytes unchanged.
+ * answered) and compressions come back between them. With `offload`, a tail of new data (what
+ * sequential writes leave) is chunked and hashed on its worker. The caller keeps `b`'s bytes unchanged.
  */
-export async function rewriteContentAsync(objects: ObjectStore, b: ContentChange): Promise<ObjectInfo> {
+export async function rewriteContentAsync(objects: ObjectStore, b: ContentChange, offload: ChunkOffload | null = null): Promise<ObjectInfo> {
   const steps = patchObjectSteps(objects, cutBase(objects, b), b.extents, b.size);
   let sliceStart = performance.now();
+  let answer: boolean | undefined;
   for (;;) {
-    const r = steps.next();
+    const r = steps.next(answer);
+    answer = undefined;
     if (r.done) return r.value;
-    if (performance.now() - sliceStart >= SLICE_MS) {
+    if (r.value && offload?.usable) {
+      await offload.chunk(r.value, () => objects.chunks.relieve());
+      answer = true;
+      sliceStart = performance.now();
+    } else if (performance.now() - sliceStart >= SLICE_MS) {
       await objects.chunks.relieve();
       sliceStart = performance.now();
     }

@@ -6,6 +6,7 @@ import { invalid, notFound, StrataError } from '../errors.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
 import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
+import { ChunkOffload } from '../cas/chunk-offload.js';
 import { FileBuffer, type FlushJob } from './file-buffer.js';
 import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
 import { rewriteContentAsync } from './rewrite-content.js';
@@ -76,6 +77,8 @@ export class StrataFs implements Namespace {
   private readonly flushQueue = new Set<number>();
   /** The flusher while it runs (see kick()). */
   private flusher: Promise<void> | null = null;
+  /** Chunking and hashing of newly written data on a worker (with more than one core). */
+  private readonly offload: ChunkOffload | null;
   private readonly handles = new Map<number, Handle_>();
   private nextFh = 1;
   private readonly mountedAtMs = Date.now();
@@ -86,6 +89,8 @@ export class StrataFs implements Namespace {
     this.cat = new Catalogue(cas);
     this.live = new LiveTree(cas);
     this.pool = new PerformancePool(cas, this.cat, settings);
+    // Same rule as compression: a second thread only pays off with a second core.
+    this.offload = cas.chunks.opts.compressWorkers > 0 ? new ChunkOffload() : null;
     this.live.transaction(() => this.live.collectOrphans());
   }
 
@@ -707,12 +712,15 @@ export class StrataFs implements Namespace {
           continue;
         }
         const job = b.beginFlush();
+        const broken = this.offload?.broken ?? null;
         try {
-          const info = await rewriteContentAsync(this.cas.objects, job);
+          const info = await rewriteContentAsync(this.cas.objects, job, this.offload);
           staged.push({ ino, b, job, root: info.root, size: info.size });
         } catch (e) {
           b.abortFlush(job);
-          b.error = asError(e);
+          // The chunk worker died under this flush: do it again on this thread.
+          if (this.offload?.broken && !broken) this.flushQueue.add(ino);
+          else b.error = asError(e);
         }
       }
       if (staged.length === 0) return;
@@ -898,6 +906,7 @@ export class StrataFs implements Namespace {
     await this.flushAll(true);
     await this.pool.idle();
     this.pool.close();
+    this.offload?.close();
   }
 
   private addHandle(h: Handle_): number {
