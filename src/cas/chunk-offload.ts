@@ -53,6 +53,8 @@ export class ChunkOffload {
   private spare: Buffer[] = [];
   /** Set when the worker failed; callers then chunk on their own thread. */
   broken: StrataError | null = null;
+  /** Streams chunked on the worker so far (for tests and figures). */
+  streams = 0;
   private closed = false;
 
   constructor(private readonly script = new URL('./chunk-worker.js', import.meta.url)) {}
@@ -122,6 +124,7 @@ export class ChunkOffload {
         await between();
       }
       if (consumed !== sentBytes) throw this.fail(new Error(`the chunk worker cut ${consumed} of ${sentBytes} bytes`));
+      this.streams++;
     } finally {
       this.listeners.delete(id);
       for (const x of sent) this.recycle(x.data);

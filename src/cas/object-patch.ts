@@ -77,6 +77,8 @@ class Patcher {
   private readonly zeros: Buffer;
   private lastLeaf: Leaf | null = null;
   private lastData: Buffer = Buffer.alloc(0);
+  /** Whether to offer the caller the tail as a stream (until it declines one). */
+  private offerTails = true;
 
   constructor(
     private readonly objects: ObjectStore,
@@ -114,9 +116,11 @@ class Patcher {
           this.builder.add(leaf.handle, leaf.length);
           pos += leaf.length;
           if (++copied % LEAVES_PER_STEP === 0) yield;
-        } else if (this.tailIsStream(pos) && (yield this.tail(pos)) === true) {
+        } else if (this.offerTails && this.tailIsStream(pos) && (yield this.tail(pos)) === true) {
           pos = this.newSize;
         } else {
+          // Declined: this caller chunks everything itself.
+          if (this.tailIsStream(pos)) this.offerTails = false;
           pos = yield* this.rechunk(pos);
         }
       }
@@ -147,7 +151,7 @@ class Patcher {
       for (const c of out) {
         this.builder.addChunk(c);
         cut += c.length;
-        if (cut === this.newSize || this.shortcutAt(cut)) return cut;
+        if (cut === this.newSize || this.shortcutAt(cut) || (this.offerTails && this.tailIsStream(cut))) return cut;
       }
       if (ending) return cut;
       this.leaves.release(cut);
@@ -156,13 +160,15 @@ class Patcher {
   }
 
   /**
-   * Whether chunking from `pos` (a cut) runs to the end without a shortcut: past the old end the
-   * patches cover everything (no zeros to skip); before it lies only the old last leaf, which is
-   * never copyable (the stream no longer ends where it was cut) nor a hole.
+   * Whether chunking from `pos` (a cut) runs to the end without a shortcut: patches cover
+   * everything from there (no old leaf is copyable, no zeros are known), or past the old end they
+   * do and before it lies only the old last leaf, which is never copyable (the stream no longer
+   * ends where it was cut) nor a hole.
    */
   private tailIsStream(pos: number): boolean {
-    if (this.newSize - pos < TAIL_STREAM_MIN || this.newSize <= this.oldSize) return false;
-    if (!this.dirty.covers(Math.max(pos, this.oldSize), this.newSize)) return false;
+    if (this.newSize - pos < TAIL_STREAM_MIN) return false;
+    if (this.dirty.covers(pos, this.newSize)) return true;
+    if (this.newSize <= this.oldSize || !this.dirty.covers(Math.max(pos, this.oldSize), this.newSize)) return false;
     if (pos >= this.oldSize) return true;
     const leaf = this.leaves.at(pos);
     return leaf !== undefined && leaf.offset + leaf.length === this.oldSize && !isHole(leaf.handle);

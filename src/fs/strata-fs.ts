@@ -77,6 +77,8 @@ export class StrataFs implements Namespace {
   private readonly flushQueue = new Set<number>();
   /** The flusher while it runs (see kick()). */
   private flusher: Promise<void> | null = null;
+  /** The batch the flusher is working on. */
+  private batch: Promise<void> | null = null;
   /** Chunking and hashing of newly written data on a worker (with more than one core). */
   private readonly offload: ChunkOffload | null;
   private readonly handles = new Map<number, Handle_>();
@@ -405,7 +407,7 @@ export class StrataFs implements Namespace {
       this.scheduleFlush(i.ino);
       // Writing faster than the flusher stores: wait for its batch, so memory stays bounded
       // (FLUSH_BYTES being stored, up to twice that buffered).
-      if (b.flushing && b.dirtyBytes >= 2 * FLUSH_BYTES && this.flusher) return this.flusher.then(() => data.length);
+      if (b.flushing && b.dirtyBytes >= 2 * FLUSH_BYTES && this.batch) return this.batch.then(() => data.length);
     }
     return data.length;
   }
@@ -682,7 +684,9 @@ export class StrataFs implements Namespace {
       while (this.flushQueue.size) {
         const inos = [...this.flushQueue];
         this.flushQueue.clear();
-        await this.flushBatch(inos);
+        this.batch = this.flushBatch(inos);
+        await this.batch;
+        this.batch = null;
       }
     })();
     // The callback runs after the assignment below even when the loop had nothing to await.
