@@ -73,3 +73,29 @@ test.serial('a checkpoint of the relaxed index fsyncs the containers first', (t)
   cas.index.checkpoint();
   t.deepEqual(events.slice(0, 1), ['fsync']);
 });
+
+test.serial('fsync returns although another handle keeps writing to the file', async (t) => {
+  const { cas } = spiedStore(t);
+  const f = StrataFs.open(cas);
+  const fh = await f.create('/live/busy', 0o644, O_RDWR, 0, 0);
+  const piece = pseudoRandomBytes(131072, 3);
+  let at = 0;
+  for (; at < 20 * 1024 * 1024; at += piece.length) await f.write(fh, piece, at);
+  let synced = false;
+  const fsynced = Promise.resolve(f.fsync(fh)).then(() => { synced = true; });
+  let after = 0;
+  while (!synced && after < 4000) {
+    await f.write(fh, piece, at);
+    at += piece.length;
+    after++;
+    await new Promise((r) => setImmediate(r));
+  }
+  await fsynced;
+  t.true(after < 4000, `fsync still waiting after ${after} more writes`);
+  t.log(`fsync returned after ${after} more writes`);
+  await f.release(fh);
+  await f.close();
+  const rh = await f.open('/live/busy', 0);
+  t.is((await f.getattr('/live/busy')).size, at);
+  t.true((await f.read(rh, at - piece.length, piece.length)).equals(piece));
+});

@@ -42,6 +42,10 @@ export class FileBuffer {
   flushing: FlushJob | null = null;
   /** Why the last background flush failed; reported (and cleared) by the next flush, fsync or close. */
   error: Error | null = null;
+  /** Flushes begun so far; a flush's number is the value after its beginFlush(). */
+  flushesBegun = 0;
+  /** The number of the latest flush that ended (stored its job). */
+  lastFlushEnded = 0;
 
   constructor(public base: Handle | null, size: number) {
     this.size = size;
@@ -137,6 +141,7 @@ export class FileBuffer {
       resized: this.resized, mtimeUs: this.mtimeUs,
     };
     this.flushing = job;
+    this.flushesBegun++;
     this.extents = [];
     this.dirtyBytes = 0;
     this.resized = false;
@@ -148,6 +153,7 @@ export class FileBuffer {
   endFlush(job: FlushJob, base: Handle | null): void {
     if (this.flushing !== job) throw new Error('ending a flush that is not running');
     this.flushing = null;
+    this.lastFlushEnded = this.flushesBegun;
     this.base = base;
     this.baseSize = job.size;
     if (!this.dirty && this.mtimeUs === job.mtimeUs) this.mtimeUs = undefined;

@@ -782,19 +782,30 @@ export class StrataFs implements Namespace {
     throw e instanceof StrataError ? e : new StrataError('EIO', `storing the file's writes failed: ${e.message}`, { cause: e });
   }
 
-  /** Stores the files' unflushed writes now (after a flush of theirs already running); throws a failure. */
+  /**
+   * Stores the files' writes made so far (waiting for flushes of theirs already running); throws a
+   * failure. Writes that arrive meanwhile are not waited for, so a busy writer cannot starve it.
+   */
   private async flushFiles(inos: number[]): Promise<void> {
-    for (;;) {
-      for (const ino of inos) this.takeError(ino);
-      const busy = inos.filter((ino) => {
-        const b = this.buffers.get(ino);
-        return b !== undefined && (b.dirty || b.flushing !== null);
-      });
-      // Not "until the flusher stops": another file's writer may keep it busy forever.
-      if (busy.length === 0) return;
-      for (const ino of busy) if (this.buffers.get(ino)!.dirty) this.flushQueue.add(ino);
+    // Per file: the flush whose end means everything written so far is stored.
+    const wanted = new Map<number, { b: FileBuffer; flush: number }>();
+    for (const ino of inos) {
+      this.takeError(ino);
+      const b = this.buffers.get(ino);
+      if (!b) continue;
+      if (b.dirty) wanted.set(ino, { b, flush: b.flushesBegun + 1 });
+      else if (b.flushing) wanted.set(ino, { b, flush: b.flushesBegun });
+    }
+    while (wanted.size) {
+      for (const [ino, w] of wanted) {
+        // Stored, or gone (unlinked and closed, a branch): nothing more to wait for.
+        if (w.b.lastFlushEnded >= w.flush || this.buffers.get(ino) !== w.b) wanted.delete(ino);
+        else if (w.b.dirty && !w.b.flushing) this.flushQueue.add(ino);
+      }
+      if (wanted.size === 0) break;
       this.kick();
-      await this.flusher;
+      await (this.batch ?? this.flusher);
+      for (const ino of wanted.keys()) this.takeError(ino);
     }
   }
 
