@@ -62,6 +62,20 @@ export interface ParallelCompressor {
   cancelAll(): void;
   readonly inFlightBytes: number;
   readonly maxInFlightBytes: number;
+  /**
+   * Posts what is queued and resolves when the oldest job's outcome may be ready (or after a short
+   * while): lets an asynchronous caller wait without blocking its thread.
+   */
+  whenReady?(): Promise<void>;
+}
+
+/** What a batch built across event-loop turns relied on; see ChunkStore.watch() and intact(). */
+export interface BatchWatch {
+  readonly epoch: number;
+  /** Chunks its put() calls found already stored. */
+  readonly hits: Set<string>;
+  /** Chunks forgotten (freed) since the watch began. */
+  readonly forgotten: Set<string>;
 }
 
 interface Pending {
@@ -92,6 +106,11 @@ export class ChunkStore {
   private readonly pendingRefs = new Map<string, { handle: Handle; delta: number }>();
   private readonly sealedSinceCommit: number[] = [];
   private pendingBytes = 0;
+  /** The open container has appends not fsynced yet (sealed ones are fsynced when sealed). */
+  private unsynced = false;
+  /** Bumped by abort(): pending chunks of an earlier epoch are gone. */
+  private epoch = 0;
+  private readonly watches = new Set<BatchWatch>();
   private readonly locations: LRUCache<string, ChunkLocation>;
   private readonly data: LRUCache<string, Buffer>;
 
@@ -103,6 +122,9 @@ export class ChunkStore {
   ) {
     this.locations = new LRUCache({ max: opts.locationCacheEntries });
     this.data = new LRUCache({ maxSize: Math.max(opts.cacheBytes, 1), sizeCalculation: (b) => b.length || 1 });
+    // Whatever makes index commits durable (a durable commit, a checkpoint) first makes the
+    // container bytes they may name durable.
+    index.onBeforeDurable(() => this.syncContainers());
   }
 
   /**
@@ -159,11 +181,13 @@ export class ChunkStore {
     }
     if (this.pending.has(key) || this.locations.has(key)) {
       if (kind === ChunkKind.Data) { this.stats.cacheHits++; this.stats.dedupBytes += raw.length; }
+      for (const w of this.watches) w.hits.add(key);
       return false;
     }
     const row = this.index.getChunk(handle);
     if (row) {
       this.locations.set(key, row);
+      for (const w of this.watches) w.hits.add(key);
       if (kind === ChunkKind.Data) { this.stats.indexHits++; this.stats.dedupBytes += raw.length; }
       return false;
     }
@@ -249,6 +273,7 @@ export class ChunkStore {
       rawLength: rec.rawLength, codec: rec.codec, kind: rec.kind,
     };
     p.raw = null;
+    this.unsynced = true;
     this.stats.storedBytes += payload.length;
     this.pendingBytes += payload.length;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
@@ -263,17 +288,15 @@ export class ChunkStore {
   }
 
   /**
-   * Makes all pending chunks durable: fsync the open container, then commit their index rows,
-   * buffered reference changes and `extra` (e.g. a snapshot row) in one transaction.
+   * Commits all pending chunks' index rows, buffered reference changes and `extra` (e.g. a
+   * snapshot row) in one transaction, after their container bytes were written. The open container
+   * is fsynced first when the commit is durable: `durable`, or any commit of an index that is not
+   * relaxed. A relaxed commit survives a killed process (its container bytes are in the page
+   * cache); power loss only once a later durable commit or checkpoint fsynced both.
    */
   commit(extra?: () => void, durable = false): void {
     this.drain();
-    try {
-      this.writer?.sync();
-    } catch (e) {
-      this.abort();
-      throw e;
-    }
+    if (!durable && !this.index.relaxed) this.syncContainers();
     const pending = [...this.pending.values()];
     const refs = [...this.pendingRefs.values()];
     const sealed = this.sealedSinceCommit.splice(0);
@@ -289,6 +312,76 @@ export class ChunkStore {
     this.pendingBytes = 0;
   }
 
+  /** Fsyncs container bytes appended since the last fsync (the open container's; sealing fsyncs). */
+  syncContainers(): void {
+    if (!this.writer || !this.unsynced) return;
+    try {
+      this.writer.sync();
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
+    this.unsynced = false;
+  }
+
+  /** Chunks put but whose compression has not come back yet: all of them, or only what is ready (wait=false). */
+  private collectReady(): void {
+    if (this.compressor) while (this.compressing.size && this.collect(false));
+  }
+
+  /**
+   * Waits without blocking the thread until no compression is in flight (their payloads appended),
+   * so that commit() then has nothing to wait for.
+   */
+  async settle(): Promise<void> {
+    const started = Date.now();
+    this.collectReady();
+    while (this.compressing.size) {
+      // A dead or silent worker is detected by the blocking path, which throws after its timeout.
+      if (!this.compressor?.whenReady || Date.now() - started > 30_000) return this.drain();
+      await this.compressor.whenReady();
+      this.collectReady();
+    }
+  }
+
+  /**
+   * Lets the event loop run, collects finished compressions and, while more than half of the
+   * compressor's budget is in flight, waits for it: an asynchronous writer calls this between
+   * slices of work so put() never has to compress on the calling thread.
+   */
+  async relieve(): Promise<void> {
+    await new Promise<void>((r) => setImmediate(r));
+    this.collectReady();
+    const c = this.compressor;
+    if (!c?.whenReady) return;
+    while (this.compressing.size && c.inFlightBytes > c.maxInFlightBytes / 2) {
+      await c.whenReady();
+      this.collectReady();
+    }
+  }
+
+  /** Starts recording what a batch built across event-loop turns relies on (see intact()). */
+  watch(): BatchWatch {
+    const w: BatchWatch = { epoch: this.epoch, hits: new Set(), forgotten: new Set() };
+    this.watches.add(w);
+    return w;
+  }
+
+  unwatch(w: BatchWatch): void {
+    this.watches.delete(w);
+  }
+
+  /**
+   * Whether everything the watched batch put is still there: no abort dropped pending chunks, and
+   * no chunk it found stored was freed since (another file's release may free a chunk the batch
+   * deduplicated against). If not, the batch must be rebuilt rather than committed.
+   */
+  intact(w: BatchWatch): boolean {
+    if (w.epoch !== this.epoch) return false;
+    for (const k of w.forgotten) if (w.hits.has(k)) return false;
+    return true;
+  }
+
   /**
    * Forgets the uncommitted batch after a write, sync or compression failure (a full disk, an I/O
    * error): its chunks were never acknowledged, the caller still holds their data and may try
@@ -298,8 +391,10 @@ export class ChunkStore {
   abort(): void {
     this.compressor?.cancelAll();
     this.compressing.clear();
+    this.epoch++;
     this.writer?.abandon();
     this.writer = null;
+    this.unsynced = false;
     this.pending.clear();
     this.pendingRefs.clear();
     this.pendingBytes = 0;
@@ -348,12 +443,14 @@ export class ChunkStore {
     const w = this.currentWriter();
     const rec = w.append(handle, loc.kind, loc.codec, loc.rawLength, payload);
     const out = { ...loc, container: rec.container, offset: rec.offset };
+    this.unsynced = true;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
     return out;
   }
 
   forget(handle: Handle): void {
     const key = handleKey(handle);
+    for (const w of this.watches) w.forgotten.add(key);
     this.locations.delete(key);
     this.data.delete(key);
   }
@@ -381,7 +478,8 @@ export class ChunkStore {
 
   private sealCurrent(): void {
     if (!this.writer) return;
-    this.writer.seal();
+    this.writer.seal(); // fsyncs it
+    this.unsynced = false;
     this.sealedSinceCommit.push(this.writer.id);
     this.writer = null;
   }

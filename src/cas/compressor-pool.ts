@@ -87,6 +87,13 @@ export const DEFAULT_COMPRESSOR_POOL_OPTIONS: CompressorPoolOptions = {
   script: new URL('./compress-worker.js', import.meta.url),
 };
 
+/** Atomics.waitAsync (Node 16+; typed only from lib es2024 on, newer than this project's target). */
+interface AtomicsWaitAsync {
+  waitAsync(a: Int32Array, index: number, value: number, timeoutMs: number):
+    | { async: false; value: 'not-equal' | 'timed-out' }
+    | { async: true; value: Promise<'ok' | 'timed-out'> };
+}
+
 // How long one Atomics.wait sleeps before liveness is checked again.
 const WAIT_SLICE_MS = 100;
 
@@ -216,6 +223,30 @@ export class CompressorPool {
       if (!this.receive(this.posted[0], wait)) return undefined;
       this.posted.shift();
     }
+  }
+
+  /**
+   * Posts the batch being filled and resolves once the worker owing the oldest outcome has replied
+   * since (or after WAIT_SLICE_MS, or at once when a reply is waiting or nothing is in flight).
+   * Never blocks the thread: Atomics.waitAsync, so the event loop runs meanwhile.
+   */
+  whenReady(): Promise<void> {
+    if (this.broken || this.readyHead < this.ready.length) return Promise.resolve();
+    if (this.posted.length === 0) {
+      if (!this.filling) return Promise.resolve();
+      this.flush();
+    }
+    const { slot } = this.posted[0];
+    const w = (Atomics as unknown as AtomicsWaitAsync).waitAsync(slot.signal, SLOT_REPLIES, slot.received, WAIT_SLICE_MS);
+    if (!w.async) return Promise.resolve();
+    // A pending waitAsync does not keep the event loop alive; the timer does.
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, WAIT_SLICE_MS);
+      void w.value.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   /** Every job submitted so far is cancelled: its outcome will never be handed out. A broken pool is reset. */

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ChunkKind, ChunkLocation, Codec, Handle } from '../types.js';
 
@@ -81,24 +82,37 @@ const toLocation = (r: RawChunkRow): ChunkRow => ({
   refs: r.refs,
 });
 
+/** WAL bytes after which a relaxed index checkpoints (it never checkpoints on its own). */
+const WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024;
+
 /** Thin typed wrapper over the SQLite index; callers group mutations with `transaction`. */
 export class IndexDb {
   readonly db: Database.Database;
   private readonly q;
-  private relaxed = false;
+  readonly relaxed: boolean = false;
+  private readonly walFile: string;
+  /** Checkpoint once the WAL is past this size (raised when readers keep it from being truncated). */
+  private checkpointAt = WAL_CHECKPOINT_BYTES;
+  private beforeDurableHook: (() => void) | null = null;
 
   /**
    * relaxed: commits reach the OS at once (they survive a killed process) but are fsynced only by
-   * durable() — for the mount, where every metadata operation commits. Otherwise every commit is fsynced.
+   * durable() and by checkpoints — for the mount, where every metadata operation commits.
+   * Otherwise every commit is fsynced.
    */
   constructor(file: string, opts: { readonly?: boolean; relaxed?: boolean } = {}) {
     this.db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
+    this.walFile = `${file}-wal`;
     this.db.pragma('busy_timeout = 10000');
     if (!opts.readonly) {
       this.db.pragma('journal_mode = WAL');
       // FULL: a committed transaction survives power loss, not just a killed process.
       this.db.pragma(opts.relaxed ? 'synchronous = NORMAL' : 'synchronous = FULL');
       this.relaxed = opts.relaxed ?? false;
+      // A checkpoint makes every relaxed commit in the WAL durable (SQLite syncs the WAL first),
+      // so it may only run after the container bytes those commits name were fsynced: we take
+      // checkpoints ourselves (checkpoint()), never SQLite on its own.
+      if (this.relaxed) this.db.pragma('wal_autocheckpoint = 0');
       this.db.exec(SCHEMA);
     }
     const db = this.db;
@@ -121,21 +135,73 @@ export class IndexDb {
     };
   }
 
+  /**
+   * `hook` runs before anything makes commits durable (a durable commit, a checkpoint, closing):
+   * the chunk store fsyncs the containers those commits may name.
+   */
+  onBeforeDurable(hook: () => void): void {
+    this.beforeDurableHook = hook;
+  }
+
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    const out = this.db.transaction(fn)();
+    if (this.relaxed && !this.db.inTransaction) this.checkpointIfLarge();
+    return out;
   }
 
   /** Runs a transaction whose commit is fsynced, and with it every earlier relaxed commit. */
   durable<T>(fn: () => T): T {
-    if (!this.relaxed) return this.transaction(fn);
+    this.beforeDurableHook?.();
+    if (!this.relaxed) return this.db.transaction(fn)();
+    let out: T;
     this.db.pragma('synchronous = FULL');
     try {
-      return this.transaction(() => {
+      out = this.db.transaction(() => {
         this.setMeta('last_durable_commit', String(Date.now())); // something to commit even when fn writes nothing
         return fn();
-      });
+      })();
     } finally {
       this.db.pragma('synchronous = NORMAL');
+    }
+    // Everything in the WAL is durable now, containers included: the cheapest time to fold it in.
+    if (!this.db.inTransaction) this.checkpoint(false);
+    return out;
+  }
+
+  /**
+   * Copies the WAL into the database file (which makes every commit in it durable), after the
+   * hook made their containers durable. Never waits for readers of other processes: what they
+   * still use stays in the WAL for a later checkpoint.
+   */
+  checkpoint(syncFirst = true): void {
+    if (syncFirst) this.beforeDurableHook?.();
+    this.db.pragma('busy_timeout = 0');
+    try {
+      // TRUNCATE resets the WAL file to empty when no reader holds it, so its size tells how much
+      // has been committed since; with readers it gives up at once (SQLITE_BUSY, not an error here).
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    } finally {
+      this.db.pragma('busy_timeout = 10000');
+    }
+    this.checkpointAt = this.walSize() + WAL_CHECKPOINT_BYTES;
+  }
+
+  private checkpointIfLarge(): void {
+    if (this.walSize() < this.checkpointAt) return;
+    try {
+      this.checkpoint();
+    } catch (e) {
+      // Not checkpointing is always safe (the WAL only grows); the commit that got us here stands.
+      this.checkpointAt = this.walSize() + WAL_CHECKPOINT_BYTES;
+      process.emitWarning(`index checkpoint skipped: ${(e as Error).message}`);
+    }
+  }
+
+  private walSize(): number {
+    try {
+      return fs.statSync(this.walFile).size;
+    } catch {
+      return 0;
     }
   }
 
@@ -193,7 +259,9 @@ export class IndexDb {
     for (const r of stmt.iterate(...params) as Iterable<RawChunkRow>) yield toLocation(r);
   }
 
+  /** Closing checkpoints the WAL (SQLite does, as the last connection): the hook runs first. */
   close(): void {
+    if (this.relaxed && this.db.open) this.beforeDurableHook?.();
     this.db.close();
   }
 }

@@ -92,8 +92,9 @@ export class LocalBlobStore implements BlobStore {
   create(name: string): BlobAppender {
     const file = this.pathOf(name);
     const dir = path.dirname(file);
-    // A freshly made bucket must itself be recorded durably in the root directory.
-    if (fs.mkdirSync(dir, { recursive: true }) !== undefined) fsyncDir(this.root);
+    // A freshly made bucket must itself be recorded durably in the root directory: by the blob's
+    // first sync(), as nothing needs it durable before its contents are.
+    const newBucket = fs.mkdirSync(dir, { recursive: true }) !== undefined;
     let fd: number;
     try {
       fd = fs.openSync(file, 'wx');
@@ -103,7 +104,7 @@ export class LocalBlobStore implements BlobStore {
     }
     // A reader cached before a delete+create of the same name would still see the old file.
     this.dropReader(name);
-    return new LocalBlobAppender(name, fd, dir);
+    return new LocalBlobAppender(name, fd, dir, newBucket ? this.root : null);
   }
 
   /** Closes every cached read descriptor. The store stays usable (they reopen on demand). */
@@ -148,7 +149,7 @@ class LocalBlobAppender implements BlobAppender {
   private dirSynced = false;
   private fd: number | null;
 
-  constructor(private readonly name: string, fd: number, private readonly dir: string) {
+  constructor(private readonly name: string, fd: number, private readonly dir: string, private parentToSync: string | null) {
     this.fd = fd;
   }
 
@@ -185,6 +186,10 @@ class LocalBlobAppender implements BlobAppender {
     fs.fsyncSync(this.openFd());
     // The file's name is only durable once its directory entry is; that needs doing only once.
     if (!this.dirSynced) {
+      if (this.parentToSync !== null) {
+        fsyncDir(this.parentToSync);
+        this.parentToSync = null;
+      }
       fsyncDir(this.dir);
       this.dirSynced = true;
     }

@@ -16,6 +16,7 @@ import { corrupt, invalid } from '../errors.js';
 import { Chunking, type ChunkerParams, type Handle, type ObjectInfo } from '../types.js';
 import { createChunker } from './chunker.js';
 import { isHole, nodeSize, ZERO_HANDLE } from './merkle-node.js';
+import type { ChunkStream } from './chunk-offload.js';
 import { iterateLeaves, type Leaf, type ObjectBuilder, type ObjectStore } from './object-store.js';
 
 export interface Patch {
@@ -35,14 +36,39 @@ const PATCH_PIECE = 1024 * 1024;
 export function patchObject(
   objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,
 ): ObjectInfo {
+  const steps = patchObjectSteps(objects, base, patches, newSize, chunking);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * patchObject in steps: the generator yields after each piece of at most PATCH_PIECE bytes fed to
+ * the chunker (and every few hundred copied leaves), so a caller can let other work run between
+ * steps. Nothing may change the base object or the patches' bytes until it returns.
+ *
+ * When the rest of the object is one stream to chunk to its end (written data past the old end,
+ * as sequential writes leave it: no old leaf can be copied and no zeros skipped), it yields that
+ * stream instead; the caller either chunks it (handing every chunk to its add()) and resumes with
+ * true, or resumes with anything else to have it chunked here.
+ */
+export function* patchObjectSteps(
+  objects: ObjectStore, base: Handle | null, patches: Patch[], newSize: number, chunking?: Chunking,
+): Generator<ChunkStream | void, ObjectInfo, unknown> {
   if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalid(`patch: bad new size ${String(newSize)}`);
   const baseNode = base ? objects.node(base) : null;
   const mode = chunking ?? baseNode?.chunking ?? Chunking.Cdc;
   const p = new Patcher(objects, base, baseNode ? nodeSize(baseNode) : 0, new DirtyExtents(patches, newSize), newSize, mode,
     // Old leaf starts are cut points of the new chunking only if the same chunker made them.
     baseNode !== null && baseNode.chunking === mode);
-  return p.run();
+  return yield* p.run();
 }
+
+/** Copied leaves between two yields of patchObjectSteps. */
+const LEAVES_PER_STEP = 256;
+/** A tail shorter than this is chunked here rather than offered as a stream. */
+const TAIL_STREAM_MIN = 1024 * 1024;
 
 class Patcher {
   private readonly leaves: LeafWindow;
@@ -51,6 +77,8 @@ class Patcher {
   private readonly zeros: Buffer;
   private lastLeaf: Leaf | null = null;
   private lastData: Buffer = Buffer.alloc(0);
+  /** Whether to offer the caller the tail as a stream (until it declines one). */
+  private offerTails = true;
 
   constructor(
     private readonly objects: ObjectStore,
@@ -68,9 +96,10 @@ class Patcher {
     this.zeros = zeroBuffer(Math.max(objects.params.max, objects.params.fixedSize));
   }
 
-  run(): ObjectInfo {
+  *run(): Generator<ChunkStream | void, ObjectInfo, unknown> {
     // Invariant: `pos` is a cut of the new chunking and everything before it has been added.
     let pos = 0;
+    let copied = 0;
     while (pos < this.newSize) {
       this.leaves.release(pos);
       const z = this.zeroRunEnd(pos);
@@ -86,8 +115,13 @@ class Patcher {
         if (leaf) {
           this.builder.add(leaf.handle, leaf.length);
           pos += leaf.length;
+          if (++copied % LEAVES_PER_STEP === 0) yield;
+        } else if (this.offerTails && this.tailIsStream(pos) && (yield this.tail(pos)) === true) {
+          pos = this.newSize;
         } else {
-          pos = this.rechunk(pos);
+          // Declined: this caller chunks everything itself.
+          if (this.tailIsStream(pos)) this.offerTails = false;
+          pos = yield* this.rechunk(pos);
         }
       }
     }
@@ -100,7 +134,7 @@ class Patcher {
    * end; returns that cut. Chunks the chunker already holds past it are dropped: a fresh chunker
    * started there would cut them the same way.
    */
-  private rechunk(start: number): number {
+  private *rechunk(start: number): Generator<void, number, unknown> {
     const chunker = createChunker(this.mode, this.objects.params);
     let cut = start;
     let fed = start;
@@ -117,11 +151,44 @@ class Patcher {
       for (const c of out) {
         this.builder.addChunk(c);
         cut += c.length;
-        if (cut === this.newSize || this.shortcutAt(cut)) return cut;
+        if (cut === this.newSize || this.shortcutAt(cut) || (this.offerTails && this.tailIsStream(cut))) return cut;
       }
       if (ending) return cut;
       this.leaves.release(cut);
+      yield;
     }
+  }
+
+  /**
+   * Whether chunking from `pos` (a cut) runs to the end without a shortcut: patches cover
+   * everything from there (no old leaf is copyable, no zeros are known), or past the old end they
+   * do and before it lies only the old last leaf, which is never copyable (the stream no longer
+   * ends where it was cut) nor a hole.
+   */
+  private tailIsStream(pos: number): boolean {
+    if (this.newSize - pos < TAIL_STREAM_MIN) return false;
+    if (this.dirty.covers(pos, this.newSize)) return true;
+    if (this.newSize <= this.oldSize || !this.dirty.covers(Math.max(pos, this.oldSize), this.newSize)) return false;
+    if (pos >= this.oldSize) return true;
+    const leaf = this.leaves.at(pos);
+    return leaf !== undefined && leaf.offset + leaf.length === this.oldSize && !isHole(leaf.handle);
+  }
+
+  /** The stream from `pos` to the end, its chunks going to the builder as rechunk() would add them. */
+  private tail(pos: number): ChunkStream {
+    const self = this;
+    return {
+      mode: this.mode,
+      params: this.objects.params,
+      *pieces() {
+        for (let x = pos; x < self.newSize;) {
+          const p = self.piece(x);
+          x += p.length;
+          yield p;
+        }
+      },
+      add: (chunk, handle) => this.builder.addHashedChunk(chunk, handle),
+    };
   }
 
   private shortcutAt(pos: number): boolean {
@@ -234,6 +301,17 @@ class DirtyExtents {
   nextStart(x: number): number {
     const s = this.segs[this.firstEndingAfter(x)];
     return s ? Math.max(s.start, x) : Infinity;
+  }
+
+  /** Whether patches cover every byte of [a, b). */
+  covers(a: number, b: number): boolean {
+    let x = a;
+    for (let k = this.firstEndingAfter(a); x < b; k++) {
+      const s = this.segs[k];
+      if (!s || s.start > x) return false;
+      x = s.end;
+    }
+    return true;
   }
 
   overlaps(a: number, b: number): boolean {

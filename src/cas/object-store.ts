@@ -49,13 +49,18 @@ export class ObjectBuilder {
    * the same offset is compared first (temporal check), then the chunk store deduplicates.
    */
   addChunk(chunk: Buffer): void {
+    this.addHashedChunk(chunk, null);
+  }
+
+  /** addChunk with the chunk's BLAKE3 already computed (by a worker), or null to compute it here. */
+  addHashedChunk(chunk: Buffer, hash: Handle | null): void {
     const len = chunk.length;
     if (this.zeros.subarray(0, len).equals(chunk)) {
       this.chunks.noteZero(len);
       this.add(ZERO_HANDLE, len);
       return;
     }
-    const h = hashBytes(chunk);
+    const h = hash ?? hashBytes(chunk);
     const prev = this.predecessor?.(this.size);
     if (prev && prev.offset === this.size && prev.length === len && prev.handle.equals(h)) {
       this.chunks.noteTemporalHit(len);

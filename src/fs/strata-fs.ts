@@ -6,9 +6,10 @@ import { invalid, notFound, StrataError } from '../errors.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
 import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
-import { FileBuffer } from './file-buffer.js';
+import { ChunkOffload } from '../cas/chunk-offload.js';
+import { FileBuffer, type FlushJob } from './file-buffer.js';
 import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
-import { rewriteContent } from './rewrite-content.js';
+import { rewriteContentAsync } from './rewrite-content.js';
 import { PerformancePool, type PerformanceSettings } from '../pools/performance-pool.js';
 
 // The mounted namespace:
@@ -31,10 +32,21 @@ const O_RDWR = 2;
 const O_TRUNC = 0o1000;
 const O_APPEND = 0o2000;
 const NAME_MAX = 255;
-/** Unflushed bytes per file before a write flushes them into containers. */
+/** Unflushed bytes per file before a write starts flushing them into containers (in the background). */
 const FLUSH_BYTES = 16 * 1024 * 1024;
 const VIEW_TIMEOUT = 3600;
 const LIVE_TIMEOUT = 1;
+
+/** A file's content, built by the flusher, waiting to be committed with its batch. */
+interface Staged {
+  ino: number;
+  b: FileBuffer;
+  job: FlushJob;
+  root: Handle | null;
+  size: number;
+}
+
+const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
 
 type Handle_ =
   | { kind: 'live'; ino: number; flags: number }
@@ -61,6 +73,14 @@ export class StrataFs implements Namespace {
   readonly pool: PerformancePool;
   private readonly buffers = new Map<number, FileBuffer>();
   private readonly openCount = new Map<number, number>();
+  /** Files with unflushed writes waiting for the flusher. */
+  private readonly flushQueue = new Set<number>();
+  /** The flusher while it runs (see kick()). */
+  private flusher: Promise<void> | null = null;
+  /** The batch the flusher is working on. */
+  private batch: Promise<void> | null = null;
+  /** Chunking and hashing of newly written data on a worker (with more than one core). */
+  private readonly offload: ChunkOffload | null;
   private readonly handles = new Map<number, Handle_>();
   private nextFh = 1;
   private readonly mountedAtMs = Date.now();
@@ -71,6 +91,8 @@ export class StrataFs implements Namespace {
     this.cat = new Catalogue(cas);
     this.live = new LiveTree(cas);
     this.pool = new PerformancePool(cas, this.cat, settings);
+    // Same rule as compression: a second thread only pays off with a second core.
+    this.offload = cas.chunks.opts.compressWorkers > 0 ? new ChunkOffload() : null;
     this.live.transaction(() => this.live.collectOrphans());
   }
 
@@ -373,7 +395,7 @@ export class StrataFs implements Namespace {
     return fh;
   }
 
-  write(fh: number, data: Buffer, offset: number): number {
+  write(fh: number, data: Buffer, offset: number): number | Promise<number> {
     const h = this.handle(fh);
     if (h.kind !== 'live') throw new StrataError('EBADF', 'not open for writing');
     const i = this.live.get(h.ino);
@@ -381,18 +403,33 @@ export class StrataFs implements Namespace {
     const at = h.flags & O_APPEND ? b.size : offset;
     b.write(at, data);
     b.mtimeUs = nowUs();
-    if (b.dirtyBytes >= FLUSH_BYTES) this.flushIno(i.ino, false);
+    if (b.dirtyBytes >= FLUSH_BYTES) {
+      this.scheduleFlush(i.ino);
+      // Writing faster than the flusher stores: wait for its batch, so memory stays bounded
+      // (FLUSH_BYTES being stored, up to twice that buffered).
+      if (b.flushing && b.dirtyBytes >= 2 * FLUSH_BYTES && this.batch) return this.batch.then(() => data.length);
+    }
     return data.length;
   }
 
+  /**
+   * close(2): the file's writes are flushed in the background, grouped with other files' into
+   * one commit, so closing many small files costs no commit each. A failure of an earlier
+   * background flush of the file is reported here.
+   */
   flush(fh: number): void {
     const h = this.handle(fh);
-    if (h.kind === 'live') this.flushIno(h.ino, false);
+    if (h.kind !== 'live') return;
+    this.scheduleFlush(h.ino);
+    this.takeError(h.ino);
   }
 
-  fsync(fh: number): void {
+  /** Returns once the file's writes and the live tree's metadata are durable. */
+  async fsync(fh: number): Promise<void> {
     const h = this.handle(fh);
-    if (h.kind === 'live') this.flushIno(h.ino, true);
+    if (h.kind !== 'live') return;
+    await this.flushFiles([h.ino]);
+    this.cas.index.durable(() => undefined);
   }
 
   release(fh: number): void {
@@ -410,18 +447,15 @@ export class StrataFs implements Namespace {
       this.live.transaction(() => this.live.destroy(inode));
       return;
     }
-    this.flushIno(h.ino, false);
-    this.buffers.delete(h.ino);
+    // The buffer stays (reads and getattr use it) until the flusher has stored it.
+    this.scheduleFlush(h.ino);
   }
 
   truncate(path: string, size: number): void {
     const i = this.resolve(this.livePath(path));
     if (i.type === 'dir') throw new StrataError('EISDIR', 'is a directory');
     this.truncateInode(i, size);
-    if (!this.openCount.get(i.ino)) {
-      this.flushIno(i.ino, false);
-      this.buffers.delete(i.ino);
-    }
+    if (!this.openCount.get(i.ino)) this.scheduleFlush(i.ino);
   }
 
   ftruncate(fh: number, size: number): void {
@@ -630,26 +664,157 @@ export class StrataFs implements Namespace {
 
   // ---- flushing, snapshots, branches ---------------------------------------------------------
 
-  /** Stores a file's unflushed writes as its new content; durable: fsynced before returning. */
-  private flushIno(ino: number, durable: boolean): void {
-    const b = this.buffers.get(ino);
-    if (!b || !b.dirty) {
-      if (durable) this.cas.index.durable(() => undefined);
-      return;
-    }
-    const inode = this.live.get(ino);
-    const info = rewriteContent(this.cas.objects, b);
-    this.cas.chunks.commit(() => {
-      this.live.setContent(ino, inode.content, info.root);
-      this.live.update(ino, { size: info.size, mtimeUs: b.mtimeUs, ctimeUs: b.mtimeUs });
-      this.live.invalidateParentsOf(ino);
-    }, durable);
-    b.flushed(info.root);
+  // The flusher: one asynchronous loop stores files' unflushed writes, in batches. It chunks in
+  // slices between which FUSE requests are answered (writes go on into the same files' buffers,
+  // reads see the flushing writes), waits for compressions without blocking, and commits each
+  // batch (every file's content root and size with the chunks' index rows) in one relaxed
+  // transaction. Only this loop and the synchronous tails of flushAll's callers (snapshot,
+  // branch) commit the chunk store, so a batch's pending chunks are never committed half-built
+  // by another flush.
+
+  /** Queues a file for the flusher and starts it if idle. */
+  private scheduleFlush(ino: number): void {
+    this.flushQueue.add(ino);
+    this.kick();
   }
 
-  /** Flushes every file with unflushed writes; durable: everything is fsynced before returning. */
+  private kick(): void {
+    if (this.flusher) return;
+    const run = (async () => {
+      while (this.flushQueue.size) {
+        const inos = [...this.flushQueue];
+        this.flushQueue.clear();
+        this.batch = this.flushBatch(inos);
+        await this.batch;
+        this.batch = null;
+      }
+    })();
+    // The callback runs after the assignment below even when the loop had nothing to await.
+    this.flusher = run.catch((e: unknown) => process.emitWarning(`flusher: ${asError(e).message}`)).finally(() => {
+      this.flusher = null;
+      if (this.flushQueue.size) this.kick();
+    });
+  }
+
+  /** Flushes `inos` and commits them together. Never throws: a file's failure is kept on its buffer. */
+  private async flushBatch(inos: number[]): Promise<void> {
+    const chunks = this.cas.chunks;
+    const watch = chunks.watch();
+    const staged: Staged[] = [];
+    const fail = (e: unknown) => {
+      for (const s of staged) {
+        s.b.abortFlush(s.job);
+        s.b.error = asError(e);
+      }
+    };
+    try {
+      for (const ino of inos) {
+        const b = this.buffers.get(ino);
+        if (!b || b.flushing) continue;
+        if (!b.dirty) {
+          this.dropIfClosed(ino, b);
+          continue;
+        }
+        const job = b.beginFlush();
+        const broken = this.offload?.broken ?? null;
+        try {
+          const info = await rewriteContentAsync(this.cas.objects, job, this.offload);
+          staged.push({ ino, b, job, root: info.root, size: info.size });
+        } catch (e) {
+          b.abortFlush(job);
+          // The chunk worker died under this flush: do it again on this thread.
+          if (this.offload?.broken && !broken) this.flushQueue.add(ino);
+          else b.error = asError(e);
+        }
+      }
+      if (staged.length === 0) return;
+      try {
+        await chunks.settle();
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      if (!chunks.intact(watch)) {
+        // A chunk the batch found stored was freed meanwhile (or an abort dropped its chunks):
+        // build it again rather than commit content naming what is gone.
+        for (const s of staged) {
+          s.b.abortFlush(s.job);
+          this.flushQueue.add(s.ino);
+        }
+        return;
+      }
+      try {
+        chunks.commit(() => { for (const s of staged) this.storeContent(s); });
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      for (const s of staged) {
+        s.b.endFlush(s.job, s.root);
+        this.dropIfClosed(s.ino, s.b);
+      }
+    } finally {
+      chunks.unwatch(watch);
+    }
+  }
+
+  /** Inside the batch's commit: the file's new content root, size and mtime. */
+  private storeContent(s: Staged): void {
+    // Unlinked and closed, or dropped by a branch, while it was being flushed: nothing to store.
+    if (this.buffers.get(s.ino) !== s.b) return;
+    const inode = this.live.get(s.ino);
+    this.live.setContent(s.ino, inode.content, s.root);
+    this.live.update(s.ino, { size: s.size, mtimeUs: s.job.mtimeUs, ctimeUs: s.job.mtimeUs });
+    this.live.invalidateParentsOf(s.ino);
+  }
+
+  /** A closed file's buffer goes once everything in it is stored. */
+  private dropIfClosed(ino: number, b: FileBuffer): void {
+    if (!this.openCount.get(ino) && this.buffers.get(ino) === b && !b.dirty && !b.flushing && !b.error) this.buffers.delete(ino);
+  }
+
+  /** Throws (once) the error of the file's last failed background flush. */
+  private takeError(ino: number): void {
+    const b = this.buffers.get(ino);
+    if (!b?.error) return;
+    const e = b.error;
+    b.error = null;
+    throw e instanceof StrataError ? e : new StrataError('EIO', `storing the file's writes failed: ${e.message}`, { cause: e });
+  }
+
+  /**
+   * Stores the files' writes made so far (waiting for flushes of theirs already running); throws a
+   * failure. Writes that arrive meanwhile are not waited for, so a busy writer cannot starve it.
+   */
+  private async flushFiles(inos: number[]): Promise<void> {
+    // Per file: the flush whose end means everything written so far is stored.
+    const wanted = new Map<number, { b: FileBuffer; flush: number }>();
+    for (const ino of inos) {
+      this.takeError(ino);
+      const b = this.buffers.get(ino);
+      if (!b) continue;
+      if (b.dirty) wanted.set(ino, { b, flush: b.flushesBegun + 1 });
+      else if (b.flushing) wanted.set(ino, { b, flush: b.flushesBegun });
+    }
+    while (wanted.size) {
+      for (const [ino, w] of wanted) {
+        // Stored, or gone (unlinked and closed, a branch): nothing more to wait for.
+        if (w.b.lastFlushEnded >= w.flush || this.buffers.get(ino) !== w.b) wanted.delete(ino);
+        else if (w.b.dirty && !w.b.flushing) this.flushQueue.add(ino);
+      }
+      if (wanted.size === 0) break;
+      this.kick();
+      await (this.batch ?? this.flusher);
+      for (const ino of wanted.keys()) this.takeError(ino);
+    }
+  }
+
+  /**
+   * Flushes every file with unflushed writes and waits for the flusher to stop; durable: everything
+   * is fsynced before returning. Throws a file's flush failure (its writes stay buffered).
+   */
   async flushAll(durable = true): Promise<void> {
-    for (const ino of [...this.buffers.keys()]) this.flushIno(ino, false);
+    await this.flushFiles([...this.buffers.keys()]);
     if (durable) this.cas.index.durable(() => undefined);
   }
 
@@ -756,6 +921,7 @@ export class StrataFs implements Namespace {
     await this.flushAll(true);
     await this.pool.idle();
     this.pool.close();
+    this.offload?.close();
   }
 
   private addHandle(h: Handle_): number {
