@@ -25,7 +25,7 @@ parentPort?.on('message', (m: OffloadPiece) => {
     const hashes = new Uint8Array(32 * chunks.length);
     chunks.forEach((c, i) => hashes.set(hashBytes(c), 32 * i));
     reply = { stream: m.stream, end: m.end, lengths: chunks.map((c) => c.length), hashes };
-    parentPort!.postMessage(reply, [hashes.buffer]);
+    parentPort!.postMessage(reply, [hashes.buffer as ArrayBuffer]);
   } catch (e) {
     streams.delete(m.stream);
     reply = { stream: m.stream, end: true, lengths: [], hashes: new Uint8Array(0), error: e instanceof Error ? e.message : String(e) };
