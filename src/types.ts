@@ -80,6 +80,8 @@ export interface BlobAppender {
   readonly length: number;
   /** Makes everything appended so far durable (fsync). */
   sync(): void;
+  /** The same without blocking the thread (the fsync runs on libuv's pool); sync() where absent. */
+  syncAsync?(): Promise<void>;
   close(): void;
 }
 

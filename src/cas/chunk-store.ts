@@ -108,6 +108,8 @@ export class ChunkStore {
   private pendingBytes = 0;
   /** The open container has appends not fsynced yet (sealed ones are fsynced when sealed). */
   private unsynced = false;
+  /** Appends to containers so far (tells syncContainersAsync whether more came while it waited). */
+  private appends = 0;
   /** Bumped by abort(): pending chunks of an earlier epoch are gone. */
   private epoch = 0;
   private readonly watches = new Set<BatchWatch>();
@@ -274,6 +276,7 @@ export class ChunkStore {
     };
     p.raw = null;
     this.unsynced = true;
+    this.appends++;
     this.stats.storedBytes += payload.length;
     this.pendingBytes += payload.length;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
@@ -296,7 +299,13 @@ export class ChunkStore {
    */
   commit(extra?: () => void, durable = false): void {
     this.drain();
-    if (!durable && !this.index.relaxed) this.syncContainers();
+    // Index rows may only name container bytes that reach the disk first: a relaxed commit can
+    // reach it before the container's pages do (the kernel writes back in its own order), and
+    // after a power loss the index would name bytes that are not there. So chunk rows always
+    // follow a container fsync; a commit without new chunks (metadata, references) needs none.
+    // Asynchronous writers (the mount's flusher) call syncContainersAsync() first, so this finds
+    // nothing left to sync and the thread never blocks on the disk.
+    if (!durable && (!this.index.relaxed || this.pending.size > 0)) this.syncContainers();
     const pending = [...this.pending.values()];
     const refs = [...this.pendingRefs.values()];
     const sealed = this.sealedSinceCommit.splice(0);
@@ -310,6 +319,24 @@ export class ChunkStore {
     this.pending.clear();
     this.pendingRefs.clear();
     this.pendingBytes = 0;
+  }
+
+  /**
+   * syncContainers() without blocking the thread: afterwards everything appended before the call
+   * is durable, and a commit() that follows at once (no appends between) has nothing to sync.
+   */
+  async syncContainersAsync(): Promise<void> {
+    const w = this.writer;
+    if (!w || !this.unsynced) return;
+    const seq = this.appends;
+    try {
+      await w.syncAsync();
+    } catch (e) {
+      if (this.writer !== w) return; // sealed meanwhile: sealing fsynced it, the failure is moot
+      this.abort();
+      throw e;
+    }
+    if (this.writer === w && this.appends === seq) this.unsynced = false;
   }
 
   /** Fsyncs container bytes appended since the last fsync (the open container's; sealing fsyncs). */
@@ -444,6 +471,7 @@ export class ChunkStore {
     const rec = w.append(handle, loc.kind, loc.codec, loc.rawLength, payload);
     const out = { ...loc, container: rec.container, offset: rec.offset };
     this.unsynced = true;
+    this.appends++;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
     return out;
   }

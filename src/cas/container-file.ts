@@ -136,6 +136,17 @@ export class ContainerWriter {
     this.guard(() => this.out.sync());
   }
 
+  /** sync() without blocking the thread, where the blob store can (appends may go on meanwhile). */
+  async syncAsync(): Promise<void> {
+    this.checkOpen();
+    if (!this.out.syncAsync) return this.sync();
+    try {
+      await this.out.syncAsync();
+    } catch (e) {
+      this.guard(() => { throw e; });
+    }
+  }
+
   /** Writes the metadata section and trailer, syncs and closes. The container is then final. */
   seal(): void {
     this.checkOpen();

@@ -148,6 +148,9 @@ class LocalBlobAppender implements BlobAppender {
   private end = 0;
   private dirSynced = false;
   private fd: number | null;
+  /** syncAsync() calls in flight, and a descriptor close() left for the last of them to release. */
+  private asyncSyncs = 0;
+  private closedFd: number | null = null;
 
   constructor(private readonly name: string, fd: number, private readonly dir: string, private parentToSync: string | null) {
     this.fd = fd;
@@ -184,7 +187,30 @@ class LocalBlobAppender implements BlobAppender {
 
   sync(): void {
     fs.fsyncSync(this.openFd());
-    // The file's name is only durable once its directory entry is; that needs doing only once.
+    this.syncDirOnce();
+  }
+
+  async syncAsync(): Promise<void> {
+    const fd = this.openFd();
+    this.asyncSyncs++;
+    try {
+      await new Promise<void>((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
+    } finally {
+      this.asyncSyncs--;
+      if (this.asyncSyncs === 0 && this.closedFd !== null) {
+        fs.closeSync(this.closedFd);
+        this.closedFd = null;
+      }
+    }
+    if (this.dirSynced) return;
+    if (this.parentToSync !== null) await fsyncDirAsync(this.parentToSync);
+    this.parentToSync = null;
+    await fsyncDirAsync(this.dir);
+    this.dirSynced = true;
+  }
+
+  /** The file's name is only durable once its directory entry is; that needs doing only once. */
+  private syncDirOnce(): void {
     if (!this.dirSynced) {
       if (this.parentToSync !== null) {
         fsyncDir(this.parentToSync);
@@ -203,7 +229,10 @@ class LocalBlobAppender implements BlobAppender {
       this.sync();
     } finally {
       this.fd = null;
-      fs.closeSync(fd);
+      // An fsync still queued on libuv's pool must not meet a descriptor number reused by another
+      // file: the descriptor is released once it has run (the sync above made the bytes durable).
+      if (this.asyncSyncs > 0) this.closedFd = fd;
+      else fs.closeSync(fd);
     }
   }
 
@@ -230,6 +259,15 @@ function fsyncDir(dir: string): void {
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const h = await fs.promises.open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
   }
 }
 

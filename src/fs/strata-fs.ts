@@ -730,6 +730,9 @@ export class StrataFs implements Namespace {
       if (staged.length === 0) return;
       try {
         await chunks.settle();
+        // The batch's container bytes become durable before the index rows naming them commit
+        // (see ChunkStore.commit), without blocking FUSE while the disk works.
+        await chunks.syncContainersAsync();
       } catch (e) {
         fail(e);
         return;
