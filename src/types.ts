@@ -216,17 +216,32 @@ export interface StatFs {
 }
 
 /**
+ * One name of a directory listing with its attributes, so the kernel learns each entry's type
+ * (d_type) and `find`, `ls -l` and friends need not ask getattr for every name. `attr` must be what
+ * getattr of that path would answer (the same ino above all: the mount uses use_ino).
+ */
+export interface DirEntry {
+  name: string;
+  attr: Attr;
+}
+
+/**
  * The namespace the FUSE layer translates to: one call per FUSE operation, paths as the kernel
  * gives them (absolute, '/'-separated). Errors are StrataErrors whose code is the errno name.
  * Methods may return a value or a Promise of it (long work such as flushing runs off the event loop).
  */
 export interface Namespace {
   getattr(path: string): Attr | Promise<Attr>;
-  readdir(path: string): string[] | Promise<string[]>;
+  /** The entries of a directory with their attributes (no '.' or '..' needed). */
+  readdir(path: string): DirEntry[] | Promise<DirEntry[]>;
   readlink(path: string): string | Promise<string>;
   /** Opens a file; returns a handle number. flags are open(2) flags. */
   open(path: string, flags: number): number | Promise<number>;
   create(path: string, mode: number, flags: number, uid: number, gid: number): number | Promise<number>;
+  /**
+   * Reads up to `length` bytes at `offset` (fewer only at the end of the file). Reads of stored
+   * content may be asynchronous; the returned bytes are verified against their handles.
+   */
   read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
   /** Copies `data` before any asynchronous step (FUSE reuses the buffer). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;

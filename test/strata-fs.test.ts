@@ -9,6 +9,7 @@ import { pseudoRandomBytes } from './helpers/tmp.js';
 // The same behaviour through a real mount is tested in mount.test.ts.
 
 const O_RDWR = 2;
+const names = (entries: { name: string }[]) => entries.map((e) => e.name);
 const code = (fn: () => unknown) => {
   try { fn(); } catch (e) { if (isStrataError(e)) return e.code; throw e; }
   return 'ok';
@@ -31,7 +32,7 @@ function readFile(f: StrataFs, path: string): Buffer {
 test('live tree basics, snapshot views, and a snapshot that does not change with the live tree', async (t) => {
   const { cas } = createTestStore(t);
   const f = StrataFs.open(cas);
-  t.deepEqual(f.readdir('/'), ['live', 'pools', 'at', 'tree', 'stats.json']);
+  t.deepEqual(names(f.readdir('/')), ['live', 'pools', 'at', 'tree', 'stats.json']);
   f.mkdir('/live/d', 0o755, 0, 0);
   const data = pseudoRandomBytes(300_000, 4);
   writeFile(f, '/live/d/a.bin', data);
@@ -40,7 +41,7 @@ test('live tree basics, snapshot views, and a snapshot that does not change with
   t.is(code(() => f.rmdir('/live/d')), 'ENOTEMPTY');
   t.is(code(() => f.getattr('/live/nope')), 'ENOENT');
   const s1 = await f.snapshot('s1');
-  t.deepEqual(f.readdir('/pools/capacity'), ['s1']);
+  t.deepEqual(names(f.readdir('/pools/capacity')), ['s1']);
   t.true(readFile(f, '/pools/capacity/s1/d/a.bin').equals(data));
   // Change the live tree: the snapshot stays as it was.
   const fh = f.open('/live/d/a.bin', O_RDWR) as number;
@@ -54,12 +55,12 @@ test('live tree basics, snapshot views, and a snapshot that does not change with
   const s2 = await f.snapshot('s2');
   t.is(s2.parent, s1.id);
   t.is(f.readlink('/tree/s2/parent'), '../s1');
-  t.deepEqual(f.readdir('/tree/s1/children'), ['s2']);
-  t.deepEqual(f.readdir('/pools/capacity/s2'), ['b.bin', 'd']);
+  t.deepEqual(names(f.readdir('/tree/s1/children')), ['s2']);
+  t.deepEqual(names(f.readdir('/pools/capacity/s2')), ['b.bin', 'd']);
   t.is(s2.fileCount, 1);
   t.is(s2.logicalBytes, data.length);
   // at/: the latest snapshot at or before a time.
-  t.deepEqual(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`), ['b.bin', 'd']);
+  t.deepEqual(names(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`)), ['b.bin', 'd']);
   t.is(code(() => f.readdir('/at/1999-01-01T00:00:00Z')), 'ENOENT');
   const stats = JSON.parse(readFile(f, '/stats.json').toString());
   t.is(stats.snapshots, 2);
@@ -81,7 +82,7 @@ test('branch restarts the live tree from an older snapshot; the old line stays',
   writeFile(f, '/live/w', Buffer.from('branch'));
   const s3 = await f.snapshot('s3');
   t.is(s3.parent, s1.id);
-  t.deepEqual(f.readdir('/tree/s1/children').sort(), ['s2', 's3']);
+  t.deepEqual(names(f.readdir('/tree/s1/children')).sort(), ['s2', 's3']);
   t.is(readFile(f, '/pools/capacity/s2/v').toString(), 'two');
 });
 

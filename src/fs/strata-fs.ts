@@ -1,11 +1,12 @@
 import fs from 'node:fs';
+import { LRUCache } from 'lru-cache';
 import { diffEntries } from '../cas/diff.js';
 import type { CasStore } from '../cas/store.js';
-import { lookupPath } from '../cas/tree-lookup.js';
+import { findEntry, lookupPath } from '../cas/tree-lookup.js';
 import { invalid, notFound, StrataError } from '../errors.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
-import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
+import type { Attr, DirEntry, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
 import { FileBuffer } from './file-buffer.js';
 import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
 import { rewriteContent } from './rewrite-content.js';
@@ -34,6 +35,9 @@ const NAME_MAX = 255;
 /** Unflushed bytes per file before a write flushes them into containers. */
 const FLUSH_BYTES = 16 * 1024 * 1024;
 const VIEW_TIMEOUT = 3600;
+/** Memory for resolved view paths (keys plus a rough per-entry cost; entries share the cached trees). */
+const VIEW_PATH_CACHE_BYTES = 32 * 1024 * 1024;
+const VIEW_PATH_OVERHEAD = 96;
 const LIVE_TIMEOUT = 1;
 
 type Handle_ =
@@ -66,6 +70,17 @@ export class StrataFs implements Namespace {
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
   private snapCache: { at: number; list: SnapshotInfo[] } | null = null;
+  private poolCache: { generation: number; list: string[] } | null = null;
+  /**
+   * Resolved view paths, "snapshot id/a/b" -> entry. A snapshot never changes, so an entry stays
+   * right for as long as the snapshot exists (a removed one is no longer reachable by name).
+   * Parents are cached on the way, so a stat of every file of a directory costs one map lookup
+   * for the directory and one binary search in its cached listing per file.
+   */
+  private readonly viewPaths = new LRUCache<string, TreeEntry>({
+    maxSize: VIEW_PATH_CACHE_BYTES,
+    sizeCalculation: (_e, key) => 2 * key.length + VIEW_PATH_OVERHEAD,
+  });
 
   private constructor(readonly cas: CasStore, settings?: PerformanceSettings) {
     this.cat = new Catalogue(cas);
@@ -96,7 +111,7 @@ export class StrataFs implements Namespace {
     if (area === 'pools' && parts[0] === 'capacity' && parts.length >= 2) return { snap: this.snapByName(parts[1]), rest: parts.slice(2), native: false };
     if (area === 'pools' && parts[0] === 'performance' && parts.length >= 2) {
       const snap = this.snapByName(parts[1]);
-      if (!this.pool.snapshots().includes(snap.id)) throw notFound(`snapshot ${parts[1]} in the performance pool`);
+      if (!this.poolSnapshots().includes(snap.id)) throw notFound(`snapshot ${parts[1]} in the performance pool`);
       return { snap, rest: parts.slice(2), native: true };
     }
     if (area === 'at' && parts.length >= 1) return { snap: this.snapAt(parts[0]), rest: parts.slice(1), native: false };
@@ -113,9 +128,17 @@ export class StrataFs implements Namespace {
     return this.snapCache.list;
   }
 
+  /** Snapshots the performance pool holds, cached until the pool changes: every lookup in a performance view asks. */
+  private poolSnapshots(): string[] {
+    const g = this.pool.generation;
+    if (!this.poolCache || this.poolCache.generation !== g) this.poolCache = { generation: g, list: this.pool.snapshots() };
+    return this.poolCache.list;
+  }
+
   /** Forget cached catalogue figures after snapshots were added or removed. */
   catalogueChanged(): void {
     this.snapCache = null;
+    this.poolCache = null;
     this.statsCache = null;
   }
 
@@ -134,9 +157,22 @@ export class StrataFs implements Namespace {
     return best;
   }
 
+  /** The entry at `rest` inside a snapshot (its root entry for []), from the path cache when there. */
   private viewEntry(snap: SnapshotInfo, rest: string[]): TreeEntry {
-    const root = this.cat.rootEntry(snap);
-    return rest.length ? lookupPath(this.cas.objects, root, Buffer.from(rest.join('/'))) : root;
+    const key = `${snap.id}/${rest.join('/')}`;
+    let e = this.viewPaths.get(key);
+    if (e) return e;
+    if (rest.length === 0) {
+      e = this.cat.rootEntry(snap);
+    } else {
+      const dir = this.viewEntry(snap, rest.slice(0, -1));
+      const name = rest[rest.length - 1];
+      if (dir.type !== 'dir') throw new StrataError('ENOTDIR', `${rest.slice(0, -1).join('/') || '.'} is not a directory`);
+      e = dir.content ? findEntry(this.cas.objects.readTree(dir.content), Buffer.from(name)) : undefined;
+      if (!e) throw notFound(rest.join('/'));
+    }
+    this.viewPaths.set(key, e);
+    return e;
   }
 
   private label = (s: SnapshotInfo) => s.name ?? s.id;
@@ -264,20 +300,38 @@ export class StrataFs implements Namespace {
     throw notFound(`tree/${this.label(s)}/${rest.join('/')}`);
   }
 
-  readdir(path: string): string[] {
+  readdir(path: string): DirEntry[] {
     const { area, parts } = this.route(path);
+    if (area === 'live') {
+      const d = this.resolve(parts);
+      if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+      return this.live.listInodes(d).map((e) => ({ name: e.name.toString(), attr: this.attrOfInode(e.inode) }));
+    }
+    const v = this.view(area, parts);
+    if (v) {
+      const e = this.viewEntry(v.snap, v.rest);
+      if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+      if (!e.content) return [];
+      const prefix = `${v.snap.id}/${v.rest.map((p) => `${p}/`).join('')}`;
+      return this.cas.objects.readTree(e.content).map((c) => {
+        const name = c.name.toString();
+        return { name, attr: this.attrOfEntry(c, prefix + name) };
+      });
+    }
+    // The synthetic folders are small: each entry's attributes are what getattr answers for it.
+    const base = path === '/' ? '' : path;
+    return this.syntheticNames(area, parts, path).map((name) => ({ name, attr: this.getattr(`${base}/${name}`) }));
+  }
+
+  /** Names in the synthetic folders (root, pools/, at/, tree/). */
+  private syntheticNames(area: string, parts: string[], path: string): string[] {
     switch (area) {
       case '': return ['live', 'pools', 'at', 'tree', 'stats.json'];
-      case 'live': {
-        const d = this.resolve(parts);
-        if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
-        return this.live.list(d).map((e) => e.name.toString());
-      }
       case 'pools':
         if (parts.length === 0) return ['capacity', 'performance'];
         if (parts.length === 1 && parts[0] === 'capacity') return this.snaps().map(this.label);
         if (parts.length === 1 && parts[0] === 'performance') {
-          const held = new Set(this.pool.snapshots());
+          const held = new Set(this.poolSnapshots());
           return this.snaps().filter((x) => held.has(x.id)).map(this.label);
         }
         break;
@@ -292,13 +346,8 @@ export class StrataFs implements Namespace {
         throw new StrataError('ENOTDIR', 'not a directory');
       }
       case 'stats.json': throw new StrataError('ENOTDIR', 'not a directory');
-      default: throw notFound(path);
     }
-    const v = this.view(area, parts);
-    if (!v) throw notFound(path);
-    const e = this.viewEntry(v.snap, v.rest);
-    if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
-    return e.content ? this.cas.objects.readTree(e.content).map((c) => c.name.toString()) : [];
+    throw notFound(path);
   }
 
   readlink(path: string): string {

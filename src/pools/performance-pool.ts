@@ -78,6 +78,8 @@ export class PerformancePool {
   private readonly verified = new Map<string, Set<number>>();
   private readonly fds = new Map<string, number>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** Grows whenever the set of held snapshots may have changed, so callers can cache snapshots(). */
+  generation = 0;
 
   constructor(
     private readonly cas: CasStore,
@@ -140,6 +142,7 @@ export class PerformancePool {
         for (const m of members) ins.run(snap.id, m.path, m.root);
         this.db.prepare('INSERT OR IGNORE INTO perf_snapshots (snapshot) VALUES (?)').run(snap.id);
       });
+      this.generation++;
     }
     result.filesEvicted = this.evict(keep);
     return result;
@@ -237,6 +240,7 @@ export class PerformancePool {
 
   private evict(keep: Set<string>): number {
     let evicted = 0;
+    this.generation++;
     this.cas.index.transaction(() => {
       for (const s of this.snapshots()) {
         if (keep.has(s)) continue;
