@@ -67,6 +67,8 @@ export interface ContainerRecord extends ChunkLocation {
 export interface BlobStore {
   /** Reads `length` bytes at `offset` of blob `name`; throws a StrataError (code 'ENOENT' or 'ETRUNC') if not all there. */
   read(name: string, offset: number, length: number): Buffer;
+  /** The same as read(), without blocking the caller's thread (reads run on the I/O pool). Optional: read() serves otherwise. */
+  readAsync?(name: string, offset: number, length: number): Promise<Buffer>;
   size(name: string): number;
   list(): string[];
   delete(name: string): void;
@@ -119,6 +121,26 @@ export interface ObjectReader {
   readObject(root: Handle, offset: number, length: number): Buffer;
   /** Data and hole extents in order, covering the whole object (adjacent holes merged). */
   extents(root: Handle): Extent[];
+}
+
+/** One leaf of an object: a data chunk or a hole, at an absolute offset. */
+export interface ObjectLeaf {
+  offset: number;
+  length: number;
+  handle: Handle;
+}
+
+/** Where a reader of one object gets its leaves: the object's Merkle tree and a verified fetch per chunk. */
+export interface LeafSource {
+  /** The leaves overlapping [from, to), in order. */
+  leaves(from: number, to: number): ObjectLeaf[];
+  /** Whether a leaf is a hole (reads as zeros, nothing to fetch). */
+  isHole(leaf: ObjectLeaf): boolean;
+  /**
+   * The bytes of data leaves, one promise per leaf, each verified against its handle (rejecting
+   * with ECORRUPT otherwise). Leaves stored next to each other may be read with one I/O.
+   */
+  fetch(leaves: ObjectLeaf[]): Promise<Buffer>[];
 }
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';

@@ -9,7 +9,7 @@ import type { ObjectStore } from '../cas/object-store.js';
 import type { CasStore } from '../cas/store.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
-import type { Handle, SnapshotInfo, TreeEntry } from '../types.js';
+import type { Handle, LeafSource, ObjectLeaf, SnapshotInfo, TreeEntry } from '../types.js';
 
 // The performance pool: the latest snapshots' large objects (disk and LUN images) kept as native,
 // uncompressed, sparse files, so reading them costs a pread instead of container reads and
@@ -77,6 +77,9 @@ export class PerformancePool {
   private readonly db: Database.Database;
   private readonly verified = new Map<string, Set<number>>();
   private readonly fds = new Map<string, number>();
+  /** Native reads in flight per fd, and fds to close once theirs are done. */
+  private readonly busy = new Map<number, number>();
+  private readonly closeWhenIdle = new Set<number>();
   private queue: Promise<unknown> = Promise.resolve();
   /** Grows whenever the set of held snapshots may have changed, so callers can cache snapshots(). */
   generation = 0;
@@ -297,6 +300,70 @@ export class PerformancePool {
     return out;
   }
 
+  /**
+   * Where a prefetcher reads a held object's leaves: its native file, on the I/O pool, each leaf
+   * checked against its handle the first time. A mismatch retires the file (as read() does) and
+   * that leaf, like every later one, comes from containers. Null when the pool does not hold it.
+   */
+  nativeSource(root: Handle): LeafSource | null {
+    if (!this.holds(root)) return null;
+    const objects = this.cas.objects;
+    const key = handleKey(root);
+    let retired = false;
+    const source: LeafSource = {
+      leaves: (from, to) => objects.leaves(root, from, to),
+      isHole: (leaf) => isHole(leaf.handle),
+      fetch: (leaves) => leaves.map((leaf) => fetchOne(leaf)),
+    };
+    // Each leaf is one pread of the native file: the kernel's read-ahead already merges them.
+    const fetchOne = async (leaf: ObjectLeaf): Promise<Buffer> => {
+      if (retired) return objects.readChunkAsync(leaf.handle);
+      let fd = this.fds.get(key);
+      if (fd === undefined) {
+        fd = fs.openSync(this.fileOf(root), 'r');
+        this.fds.set(key, fd);
+      }
+      let seen = this.verified.get(key);
+      if (!seen) { seen = new Set(); this.verified.set(key, seen); }
+      const b = await this.readNative(fd, leaf.offset, leaf.length);
+      if (!seen.has(leaf.offset)) {
+        if (b.length !== leaf.length || !hashBytes(b).equals(leaf.handle)) {
+          if (!retired) {
+            retired = true;
+            process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
+            this.retire(root);
+          }
+          return objects.readChunkAsync(leaf.handle);
+        }
+        seen.add(leaf.offset);
+      }
+      return b;
+    };
+    return source;
+  }
+
+  /** Reads on the I/O pool; the fd stays open until its last read is done (see closeFd). */
+  private async readNative(fd: number, offset: number, length: number): Promise<Buffer> {
+    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
+    const out = Buffer.allocUnsafe(length);
+    let got = 0;
+    try {
+      while (got < length) {
+        const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
+        if (n <= 0) break;
+        got += n;
+      }
+    } finally {
+      const n = (this.busy.get(fd) ?? 1) - 1;
+      if (n > 0) this.busy.set(fd, n);
+      else {
+        this.busy.delete(fd);
+        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
+      }
+    }
+    return got === length ? out : out.subarray(0, got);
+  }
+
   private retire(root: Handle): void {
     this.db.prepare("UPDATE perf_files SET state = 'damaged' WHERE root = ?").run(root);
     this.closeFd(root);
@@ -305,30 +372,24 @@ export class PerformancePool {
   private closeFd(root: Handle): void {
     const key = handleKey(root);
     const fd = this.fds.get(key);
-    if (fd !== undefined) fs.closeSync(fd);
+    if (fd !== undefined) this.closeNow(fd);
     this.fds.delete(key);
     this.verified.delete(key);
   }
 
+  /** Closes an fd, or marks it to close after its reads in flight: a reused number could serve another file. */
+  private closeNow(fd: number): void {
+    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
+    else fs.closeSync(fd);
+  }
+
   close(): void {
-    for (const fd of this.fds.values()) fs.closeSync(fd);
+    for (const fd of this.fds.values()) this.closeNow(fd);
     this.fds.clear();
   }
 }
 
 /** The leaves (chunks and holes) overlapping [from, to), found by descending the tree: O(log n + k). */
 export function leavesInRange(objects: ObjectStore, root: Handle, from: number, to: number): { offset: number; length: number; handle: Handle }[] {
-  const out: { offset: number; length: number; handle: Handle }[] = [];
-  const visit = (h: Handle, base: number) => {
-    const n = objects.node(h);
-    for (let i = childAt(n, Math.max(0, from - base)); i < n.handles.length; i++) {
-      const start = base + n.starts[i];
-      if (start >= to) break;
-      if (start + n.lengths[i] <= from) continue;
-      if (n.level === 0 || isHole(n.handles[i])) out.push({ offset: start, length: n.lengths[i], handle: n.handles[i] });
-      else visit(n.handles[i], start);
-    }
-  };
-  visit(root, 0);
-  return out;
+  return objects.leaves(root, from, to);
 }
