@@ -11,6 +11,7 @@ import {
 } from './merkle-node.js';
 import { decodeTree, encodeTree } from './tree-codec.js';
 import { decompressChunk } from './codec.js';
+import { DecodePool } from './decode-pool.js';
 import { containerBlobName } from './container-file.js';
 import { corrupt, StrataError } from '../errors.js';
 
@@ -29,18 +30,6 @@ const TREE_ENTRY_BYTES = 200;
 /** Chunks of one container this close together are read with one I/O, up to COALESCE_BYTES in all. */
 const COALESCE_GAP = 4096;
 const COALESCE_BYTES = 2 * 1024 * 1024;
-
-/** A stored payload's raw bytes if they match `handle`; ECORRUPT otherwise (as ChunkStore.readVerified). */
-function verifiedChunk(handle: Handle, loc: ChunkLocation, payload: Buffer): Buffer {
-  let raw: Buffer;
-  try {
-    raw = decompressChunk(loc.codec, payload, loc.rawLength);
-  } catch (e) {
-    throw damaged(handle, loc, e);
-  }
-  if (!hashBytes(raw).equals(handle)) throw corrupt(`${where(handle, loc)}: hash mismatch`);
-  return raw;
-}
 
 const where = (handle: Handle, loc: ChunkLocation) => `chunk ${shortHex(handle)} in container ${loc.container} at offset ${loc.offset}`;
 
@@ -172,6 +161,8 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
    */
   private readonly trees = new LRUCache<string, TreeEntry[]>({ maxSize: TREE_CACHE_BYTES, sizeCalculation: treeBytes });
   private readonly zeros: Buffer;
+  /** Decompression and hash checks of asynchronous reads, off the main thread. */
+  readonly decoder = new DecodePool();
 
   constructor(readonly chunks: ChunkStore, readonly params: ChunkerParams) {
     this.zeros = Buffer.alloc(Math.max(params.max, params.fixedSize));
@@ -287,33 +278,37 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
   readChunksAsync(handles: Handle[]): Promise<Buffer>[] {
     const blobs = this.chunks.blobs;
     const out: Promise<Buffer>[] = new Array(handles.length);
+    const located: { i: number; loc: ChunkLocation }[] = [];
+    for (let i = 0; i < handles.length; i++) {
+      const loc = blobs.readAsync ? this.chunks.locate(handles[i]) : undefined;
+      if (loc) located.push({ i, loc });
+      else out[i] = new Promise((resolve) => resolve(this.chunks.get(handles[i])));
+    }
+    // In container order: a file's chunks are stored close together, though not always in file
+    // order (parallel compression appends them as they come back).
+    located.sort((x, y) => x.loc.container - y.loc.container || x.loc.offset - y.loc.offset);
     let run: { i: number; loc: ChunkLocation }[] = [];
     const flush = () => {
       if (!run.length) return;
       const first = run[0].loc;
       const last = run[run.length - 1].loc;
-      const start = first.offset;
-      const bytes = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), start, last.offset + last.storedLength - start);
-      for (const { i, loc } of run) {
-        out[i] = bytes.then(
-          (b) => verifiedChunk(handles[i], loc, b.subarray(loc.offset - start, loc.offset - start + loc.storedLength)),
-          (e: unknown) => { throw damaged(handles[i], loc, e); },
-        );
-      }
+      const chunks = run;
+      const bytes = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, last.offset + last.storedLength - first.offset);
+      // Decoded and verified off the main thread; each chunk's own promise carries its own error.
+      const decoded = bytes.then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
+        handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
+      }))));
+      chunks.forEach(({ i, loc }, k) => {
+        out[i] = decoded.then((all) => all[k]).catch((e: unknown) => { throw damaged(handles[i], loc, e); });
+      });
       run = [];
     };
-    for (let i = 0; i < handles.length; i++) {
-      const loc = blobs.readAsync ? this.chunks.locate(handles[i]) : undefined;
-      if (!loc) {
-        flush();
-        out[i] = new Promise((resolve) => resolve(this.chunks.get(handles[i])));
-        continue;
-      }
+    for (const x of located) {
       const prev = run[run.length - 1]?.loc;
-      const joins = prev && prev.container === loc.container && loc.offset >= prev.offset + prev.storedLength &&
-        loc.offset - (prev.offset + prev.storedLength) <= COALESCE_GAP && loc.offset + loc.storedLength - run[0].loc.offset <= COALESCE_BYTES;
+      const joins = prev && prev.container === x.loc.container && x.loc.offset >= prev.offset + prev.storedLength &&
+        x.loc.offset - (prev.offset + prev.storedLength) <= COALESCE_GAP && x.loc.offset + x.loc.storedLength - run[0].loc.offset <= COALESCE_BYTES;
       if (!joins) flush();
-      run.push({ i, loc });
+      run.push(x);
     }
     flush();
     return out;

@@ -56,7 +56,9 @@ export class Prefetcher {
     const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).bytes));
     if (sequential || offset === 0) {
       this.forgetBefore(offset);
-      this.fetchAhead(Math.max(end, this.aheadUntil), end + this.opts.aheadBytes);
+      // Refill in large steps, once half the read-ahead is used: one batch of a few MiB lets the
+      // source read neighbouring chunks with one I/O, where a refill per request would not.
+      if (this.aheadUntil - end < this.opts.aheadBytes / 2) this.fetchAhead(Math.max(end, this.aheadUntil), end + this.opts.aheadBytes);
     } else {
       // Random access: keep only what this read uses, and fetch nothing ahead.
       const used = new Set(leaves.map((l) => l.offset));

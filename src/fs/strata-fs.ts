@@ -395,17 +395,26 @@ export class StrataFs implements Namespace {
   }
 
   /**
-   * Stored content is read asynchronously through a per-handle prefetcher (container reads on the
-   * I/O pool, chunks ahead fetched concurrently, every chunk verified); a live file with unflushed
-   * writes reads synchronously through its buffer.
+   * Stored content is read asynchronously: from containers through a per-handle prefetcher
+   * (container reads on the I/O pool, chunks ahead fetched concurrently, every chunk verified),
+   * from the performance pool's native file with one pread per request. A live file with
+   * unflushed writes reads synchronously through its buffer.
    */
   read(fh: number, offset: number, length: number): Buffer | Promise<Buffer> {
     const h = this.handle(fh);
     if (h.kind === 'data') return h.data.subarray(Math.min(offset, h.data.length), Math.min(offset + length, h.data.length));
     if (h.kind === 'view') {
-      if (!h.entry.content) return Buffer.alloc(0);
-      h.reader ??= this.prefetcher(h.entry.content, h.native);
-      return h.reader.read(offset, length);
+      const root = h.entry.content;
+      if (!root) return Buffer.alloc(0);
+      // The performance pool's native file, while it holds a sound copy; containers otherwise.
+      if (h.native) {
+        return this.pool.readAsync(root, offset, length).then((b) => {
+          if (b) return b;
+          h.native = false;
+          return this.viewReader(h, root).read(offset, length);
+        });
+      }
+      return this.viewReader(h, root).read(offset, length);
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
@@ -413,16 +422,15 @@ export class StrataFs implements Namespace {
     if (!i.content) return Buffer.alloc(0);
     if (!h.reader || !h.reader.root.equals(i.content)) {
       h.reader?.p.close();
-      h.reader = { root: i.content, p: this.prefetcher(i.content, false) };
+      h.reader = { root: i.content, p: new Prefetcher(this.cas.objects.leafSource(i.content), this.cas.objects.objectSize(i.content)) };
     }
     return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)));
   }
 
-  /** A reader for one object: from the performance pool's native file when asked and held, else from containers. */
-  private prefetcher(root: Handle, native: boolean): Prefetcher {
-    const objects = this.cas.objects;
-    const source = (native ? this.pool.nativeSource(root) : null) ?? objects.leafSource(root);
-    return new Prefetcher(source, objects.objectSize(root));
+  /** A view handle's reader over containers, made at its first read. */
+  private viewReader(h: Extract<Handle_, { kind: 'view' }>, root: Handle): Prefetcher {
+    h.reader ??= new Prefetcher(this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
+    return h.reader;
   }
 
   /** Stops a handle's read-ahead: chunks in flight are dropped when they arrive. */

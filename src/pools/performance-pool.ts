@@ -9,7 +9,7 @@ import type { ObjectStore } from '../cas/object-store.js';
 import type { CasStore } from '../cas/store.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
-import type { Handle, LeafSource, ObjectLeaf, SnapshotInfo, TreeEntry } from '../types.js';
+import type { Handle, SnapshotInfo, TreeEntry } from '../types.js';
 
 // The performance pool: the latest snapshots' large objects (disk and LUN images) kept as native,
 // uncompressed, sparse files, so reading them costs a pread instead of container reads and
@@ -301,45 +301,42 @@ export class PerformancePool {
   }
 
   /**
-   * Where a prefetcher reads a held object's leaves: its native file, on the I/O pool, each leaf
-   * checked against its handle the first time. A mismatch retires the file (as read() does) and
-   * that leaf, like every later one, comes from containers. Null when the pool does not hold it.
+   * A byte range of a held object from its native file, read on the I/O pool (the kernel's own
+   * read-ahead on the native file does the prefetching); the leaves it covers are checked against
+   * their handles the first time. Resolves null when the pool does not hold the object or its copy
+   * turns out damaged (it is then retired, as read() does): the caller reads from containers.
    */
-  nativeSource(root: Handle): LeafSource | null {
-    if (!this.holds(root)) return null;
-    const objects = this.cas.objects;
+  async readAsync(root: Handle, offset: number, length: number): Promise<Buffer | null> {
     const key = handleKey(root);
-    let retired = false;
-    const source: LeafSource = {
-      leaves: (from, to) => objects.leaves(root, from, to),
-      isHole: (leaf) => isHole(leaf.handle),
-      fetch: (leaves) => leaves.map((leaf) => fetchOne(leaf)),
-    };
-    // Each leaf is one pread of the native file: the kernel's read-ahead already merges them.
-    const fetchOne = async (leaf: ObjectLeaf): Promise<Buffer> => {
-      if (retired) return objects.readChunkAsync(leaf.handle);
-      let fd = this.fds.get(key);
-      if (fd === undefined) {
-        fd = fs.openSync(this.fileOf(root), 'r');
-        this.fds.set(key, fd);
-      }
-      let seen = this.verified.get(key);
-      if (!seen) { seen = new Set(); this.verified.set(key, seen); }
-      const b = await this.readNative(fd, leaf.offset, leaf.length);
-      if (!seen.has(leaf.offset)) {
-        if (b.length !== leaf.length || !hashBytes(b).equals(leaf.handle)) {
-          if (!retired) {
-            retired = true;
-            process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
-            this.retire(root);
-          }
-          return objects.readChunkAsync(leaf.handle);
+    let fd = this.fds.get(key);
+    if (fd === undefined) {
+      if (!this.holds(root)) return null;
+      fd = fs.openSync(this.fileOf(root), 'r');
+      this.fds.set(key, fd);
+    }
+    const objects = this.cas.objects;
+    const end = Math.min(objects.objectSize(root), offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    let seen = this.verified.get(key);
+    if (!seen) { seen = new Set(); this.verified.set(key, seen); }
+    const unseen = objects.leaves(root, offset, end).filter((l) => !isHole(l.handle) && !seen.has(l.offset));
+    // Whole leaves when some still need their check, else just the range asked for.
+    const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
+    const to = unseen.length ? Math.max(end, unseen[unseen.length - 1].offset + unseen[unseen.length - 1].length) : end;
+    const b = await this.readNative(fd, from, to - from);
+    for (const leaf of unseen) {
+      const data = b.subarray(leaf.offset - from, leaf.offset - from + leaf.length);
+      if (data.length !== leaf.length || !hashBytes(data).equals(leaf.handle)) {
+        if (this.fds.get(key) === fd) {
+          process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
+          this.retire(root);
         }
-        seen.add(leaf.offset);
+        return null;
       }
-      return b;
-    };
-    return source;
+      seen.add(leaf.offset);
+    }
+    if (b.length < end - from) return null; // shorter than the object says: not a copy to trust
+    return b.subarray(offset - from, end - from);
   }
 
   /** Reads on the I/O pool; the fd stays open until its last read is done (see closeFd). */
