@@ -68,6 +68,12 @@ const MIN_OFFLOAD_BYTES = 64 * 1024;
 export class DecodePool {
   private workers: Array<{ w: Worker; bytes: number; jobs: Map<number, { bytes: number; resolve: (r: DecodeReply) => void; reject: (e: Error) => void }> }> = [];
   private nextId = 1;
+  private static instance: DecodePool | null = null;
+
+  /** The process's pool: every store open in a process shares its workers. */
+  static shared(): DecodePool {
+    return (DecodePool.instance ??= new DecodePool());
+  }
 
   constructor(private readonly size = Math.max(1, Math.min(2, os.availableParallelism() - 1))) {}
 

@@ -161,8 +161,8 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
    */
   private readonly trees = new LRUCache<string, TreeEntry[]>({ maxSize: TREE_CACHE_BYTES, sizeCalculation: treeBytes });
   private readonly zeros: Buffer;
-  /** Decompression and hash checks of asynchronous reads, off the main thread. */
-  readonly decoder = new DecodePool();
+  /** Decompression and hash checks of asynchronous reads, off the main thread (one pool per process). */
+  private readonly decoder = DecodePool.shared();
 
   constructor(readonly chunks: ChunkStore, readonly params: ChunkerParams) {
     this.zeros = Buffer.alloc(Math.max(params.max, params.fixedSize));
