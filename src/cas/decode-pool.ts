@@ -61,8 +61,8 @@ export function decodeBatch(req: DecodeRequest): DecodeReply {
 const MIN_OFFLOAD_BYTES = 64 * 1024;
 
 /**
- * A small pool of decode workers, started on first use and unref'd (it never keeps a process
- * alive). Batches go to the worker with the least bytes outstanding. A worker that fails makes
+ * A small pool of decode workers, started on first use; a worker keeps the process alive only
+ * while it has batches in flight. Batches go to the worker with the least bytes outstanding. A worker that fails makes
  * its batches fail (EIO to the reader) and is replaced on the next batch.
  */
 export class DecodePool {
@@ -85,6 +85,7 @@ export class DecodePool {
     const id = this.nextId++;
     const reply = new Promise<DecodeReply>((resolve, reject) => {
       const slot = this.pick();
+      if (slot.jobs.size === 0) slot.w.ref(); // a batch in flight keeps the process alive, an idle pool does not
       slot.jobs.set(id, { bytes: own.length, resolve, reject });
       slot.bytes += own.length;
       slot.w.postMessage({ id, data: own, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, [own.buffer as ArrayBuffer]);
@@ -105,12 +106,12 @@ export class DecodePool {
   private spawn() {
     const w = new Worker(new URL('./decode-worker.js', import.meta.url), { execArgv: [] });
     const slot = { w, bytes: 0, jobs: new Map<number, { bytes: number; resolve: (r: DecodeReply) => void; reject: (e: Error) => void }>() };
-    w.unref();
     w.on('message', (r: DecodeReply) => {
       const job = slot.jobs.get(r.id);
       if (!job) return;
       slot.jobs.delete(r.id);
       slot.bytes -= job.bytes;
+      if (slot.jobs.size === 0) w.unref();
       job.resolve(r);
     });
     const fail = (e: Error) => {
@@ -120,6 +121,8 @@ export class DecodePool {
     };
     w.on('error', fail);
     w.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
+    // After the listeners: adding a 'message' listener refs the worker again.
+    w.unref();
     return slot;
   }
 }
