@@ -67,6 +67,8 @@ export interface ContainerRecord extends ChunkLocation {
 export interface BlobStore {
   /** Reads `length` bytes at `offset` of blob `name`; throws a StrataError (code 'ENOENT' or 'ETRUNC') if not all there. */
   read(name: string, offset: number, length: number): Buffer;
+  /** The same as read(), without blocking the caller's thread (reads run on the I/O pool). Optional: read() serves otherwise. */
+  readAsync?(name: string, offset: number, length: number): Promise<Buffer>;
   size(name: string): number;
   list(): string[];
   delete(name: string): void;
@@ -121,6 +123,26 @@ export interface ObjectReader {
   readObject(root: Handle, offset: number, length: number): Buffer;
   /** Data and hole extents in order, covering the whole object (adjacent holes merged). */
   extents(root: Handle): Extent[];
+}
+
+/** One leaf of an object: a data chunk or a hole, at an absolute offset. */
+export interface ObjectLeaf {
+  offset: number;
+  length: number;
+  handle: Handle;
+}
+
+/** Where a reader of one object gets its leaves: the object's Merkle tree and a verified fetch per chunk. */
+export interface LeafSource {
+  /** The leaves overlapping [from, to), in order. */
+  leaves(from: number, to: number): ObjectLeaf[];
+  /** Whether a leaf is a hole (reads as zeros, nothing to fetch). */
+  isHole(leaf: ObjectLeaf): boolean;
+  /**
+   * The bytes of data leaves, one promise per leaf, each verified against its handle (rejecting
+   * with ECORRUPT otherwise). Leaves stored next to each other may be read with one I/O.
+   */
+  fetch(leaves: ObjectLeaf[]): Promise<Buffer>[];
 }
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';
@@ -218,17 +240,32 @@ export interface StatFs {
 }
 
 /**
+ * One name of a directory listing with its attributes, so the kernel learns each entry's type
+ * (d_type) and `find`, `ls -l` and friends need not ask getattr for every name. `attr` must be what
+ * getattr of that path would answer (the same ino above all: the mount uses use_ino).
+ */
+export interface DirEntry {
+  name: string;
+  attr: Attr;
+}
+
+/**
  * The namespace the FUSE layer translates to: one call per FUSE operation, paths as the kernel
  * gives them (absolute, '/'-separated). Errors are StrataErrors whose code is the errno name.
  * Methods may return a value or a Promise of it (long work such as flushing runs off the event loop).
  */
 export interface Namespace {
   getattr(path: string): Attr | Promise<Attr>;
-  readdir(path: string): string[] | Promise<string[]>;
+  /** The entries of a directory with their attributes (no '.' or '..' needed). */
+  readdir(path: string): DirEntry[] | Promise<DirEntry[]>;
   readlink(path: string): string | Promise<string>;
   /** Opens a file; returns a handle number. flags are open(2) flags. */
   open(path: string, flags: number): number | Promise<number>;
   create(path: string, mode: number, flags: number, uid: number, gid: number): number | Promise<number>;
+  /**
+   * Reads up to `length` bytes at `offset` (fewer only at the end of the file). Reads of stored
+   * content may be asynchronous; the returned bytes are verified against their handles.
+   */
   read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
   /** Copies `data` before any asynchronous step (FUSE reuses the buffer). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;

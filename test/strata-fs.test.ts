@@ -9,6 +9,7 @@ import { pseudoRandomBytes } from './helpers/tmp.js';
 // The same behaviour through a real mount is tested in mount.test.ts.
 
 const O_RDWR = 2;
+const names = (entries: { name: string }[]) => entries.map((e) => e.name);
 const code = (fn: () => unknown) => {
   try { fn(); } catch (e) { if (isStrataError(e)) return e.code; throw e; }
   return 'ok';
@@ -20,10 +21,10 @@ function writeFile(f: StrataFs, path: string, data: Buffer): void {
   f.release(fh);
 }
 
-function readFile(f: StrataFs, path: string): Buffer {
+async function readFile(f: StrataFs, path: string): Promise<Buffer> {
   const fh = f.open(path, 0) as number;
   const size = (f.getattr(path) as { size: number }).size;
-  const b = f.read(fh, 0, size) as Buffer;
+  const b = await f.read(fh, 0, size);
   f.release(fh);
   return b;
 }
@@ -31,37 +32,37 @@ function readFile(f: StrataFs, path: string): Buffer {
 test('live tree basics, snapshot views, and a snapshot that does not change with the live tree', async (t) => {
   const { cas } = createTestStore(t);
   const f = StrataFs.open(cas);
-  t.deepEqual(f.readdir('/'), ['live', 'pools', 'at', 'tree', 'stats.json']);
+  t.deepEqual(names(f.readdir('/')), ['live', 'pools', 'at', 'tree', 'stats.json']);
   f.mkdir('/live/d', 0o755, 0, 0);
   const data = pseudoRandomBytes(300_000, 4);
   writeFile(f, '/live/d/a.bin', data);
-  t.true(readFile(f, '/live/d/a.bin').equals(data));
+  t.true((await readFile(f, '/live/d/a.bin')).equals(data));
   t.is(code(() => f.mkdir('/live/d', 0o755, 0, 0)), 'EEXIST');
   t.is(code(() => f.rmdir('/live/d')), 'ENOTEMPTY');
   t.is(code(() => f.getattr('/live/nope')), 'ENOENT');
   const s1 = await f.snapshot('s1');
-  t.deepEqual(f.readdir('/pools/capacity'), ['s1']);
-  t.true(readFile(f, '/pools/capacity/s1/d/a.bin').equals(data));
+  t.deepEqual(names(f.readdir('/pools/capacity')), ['s1']);
+  t.true((await readFile(f, '/pools/capacity/s1/d/a.bin')).equals(data));
   // Change the live tree: the snapshot stays as it was.
   const fh = f.open('/live/d/a.bin', O_RDWR) as number;
   f.write(fh, Buffer.from('XXXX'), 10);
   f.release(fh);
   f.rename('/live/d/a.bin', '/live/b.bin');
-  t.true(readFile(f, '/pools/capacity/s1/d/a.bin').equals(data));
-  t.is(readFile(f, '/live/b.bin').subarray(10, 14).toString(), 'XXXX');
+  t.true((await readFile(f, '/pools/capacity/s1/d/a.bin')).equals(data));
+  t.is((await readFile(f, '/live/b.bin')).subarray(10, 14).toString(), 'XXXX');
   t.is(code(() => f.create('/pools/capacity/s1/new', 0o644, O_RDWR, 0, 0)), 'EROFS');
   t.is(code(() => f.unlink('/pools/capacity/s1/d/a.bin')), 'EROFS');
   const s2 = await f.snapshot('s2');
   t.is(s2.parent, s1.id);
   t.is(f.readlink('/tree/s2/parent'), '../s1');
-  t.deepEqual(f.readdir('/tree/s1/children'), ['s2']);
-  t.deepEqual(f.readdir('/pools/capacity/s2'), ['b.bin', 'd']);
+  t.deepEqual(names(f.readdir('/tree/s1/children')), ['s2']);
+  t.deepEqual(names(f.readdir('/pools/capacity/s2')), ['b.bin', 'd']);
   t.is(s2.fileCount, 1);
   t.is(s2.logicalBytes, data.length);
   // at/: the latest snapshot at or before a time.
-  t.deepEqual(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`), ['b.bin', 'd']);
+  t.deepEqual(names(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`)), ['b.bin', 'd']);
   t.is(code(() => f.readdir('/at/1999-01-01T00:00:00Z')), 'ENOENT');
-  const stats = JSON.parse(readFile(f, '/stats.json').toString());
+  const stats = JSON.parse((await readFile(f, '/stats.json')).toString());
   t.is(stats.snapshots, 2);
   t.true(stats.dedupRatio > 0);
 });
@@ -77,12 +78,12 @@ test('branch restarts the live tree from an older snapshot; the old line stays',
   f.release(fh);
   await f.snapshot('s2');
   await f.branch('s1');
-  t.is(readFile(f, '/live/v').toString(), 'one');
+  t.is((await readFile(f, '/live/v')).toString(), 'one');
   writeFile(f, '/live/w', Buffer.from('branch'));
   const s3 = await f.snapshot('s3');
   t.is(s3.parent, s1.id);
-  t.deepEqual(f.readdir('/tree/s1/children').sort(), ['s2', 's3']);
-  t.is(readFile(f, '/pools/capacity/s2/v').toString(), 'two');
+  t.deepEqual(names(f.readdir('/tree/s1/children')).sort(), ['s2', 's3']);
+  t.is((await readFile(f, '/pools/capacity/s2/v')).toString(), 'two');
 });
 
 test('the live tree survives closing and reopening the store; removing snapshots frees nothing it shows', async (t) => {
@@ -99,12 +100,12 @@ test('the live tree survives closing and reopening the store; removing snapshots
   const cas2 = CasStore.open(dir, { write: true });
   t.teardown(() => cas2.close());
   f = StrataFs.open(cas2);
-  t.true(readFile(f, '/live/x/f').equals(data));
+  t.true((await readFile(f, '/live/x/f')).equals(data));
   t.is(f.readlink('/live/l'), 'x/f');
   t.is((f.getattr('/live/hard') as { nlink: number }).nlink, 2);
   t.is((f.getattr('/live/x') as { mode: number }).mode & 0o777, 0o700);
   new (await import('../src/temporal/catalogue.js')).Catalogue(cas2).remove('keep');
-  t.true(readFile(f, '/live/x/f').equals(data));
+  t.true((await readFile(f, '/live/x/f')).equals(data));
 });
 
 test('an index rebuilt from containers keeps the live tree and its head', async (t) => {
@@ -121,8 +122,8 @@ test('an index rebuilt from containers keeps the live tree and its head', async 
   const cas2 = CasStore.open(dir, { write: true });
   t.teardown(() => cas2.close());
   const g = StrataFs.open(cas2);
-  t.is(readFile(g, '/live/a').toString(), 'kept');
-  t.true(readFile(g, '/live/b').equals(pseudoRandomBytes(100_000, 1)));
+  t.is((await readFile(g, '/live/a')).toString(), 'kept');
+  t.true((await readFile(g, '/live/b')).equals(pseudoRandomBytes(100_000, 1)));
   t.is(g.head, s.id);
   t.is((await g.snapshot('after')).parent, s.id);
 });

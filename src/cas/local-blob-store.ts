@@ -19,6 +19,13 @@ export class LocalBlobStore implements BlobStore {
   private readonly maxOpenReaders: number;
   /** name -> read fd; Map order is recency order (oldest first). */
   private readonly readers = new Map<string, number>();
+  /**
+   * Asynchronous reads in flight per fd. A descriptor evicted or dropped meanwhile is closed only
+   * when its last read is done: closing it earlier could let the number be reused by another open
+   * and the read land in the wrong file.
+   */
+  private readonly busy = new Map<number, number>();
+  private readonly closeWhenIdle = new Set<number>();
 
   /** Uses (and creates if needed) the directory `root`. */
   constructor(root: string, opts: LocalBlobStoreOptions = {}) {
@@ -45,6 +52,35 @@ export class LocalBlobStore implements BlobStore {
       const n = fs.readSync(fd, buf, got, length - got, offset + got);
       if (n === 0) break;
       got += n;
+    }
+    if (got < length) {
+      throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${got} there`);
+    }
+    return buf;
+  }
+
+  /** read() on the libuv pool: the event loop keeps serving while the disk works. */
+  async readAsync(name: string, offset: number, length: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw invalid(`blob ${name}: bad range offset=${offset} length=${length}`);
+    }
+    const fd = this.readerFd(name);
+    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    try {
+      while (got < length) {
+        const { bytesRead } = await readAt(fd, buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+    } finally {
+      const n = (this.busy.get(fd) ?? 1) - 1;
+      if (n > 0) this.busy.set(fd, n);
+      else {
+        this.busy.delete(fd);
+        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
+      }
     }
     if (got < length) {
       throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${got} there`);
@@ -109,8 +145,13 @@ export class LocalBlobStore implements BlobStore {
 
   /** Closes every cached read descriptor. The store stays usable (they reopen on demand). */
   close(): void {
-    for (const fd of this.readers.values()) fs.closeSync(fd);
+    for (const fd of this.readers.values()) this.closeFd(fd);
     this.readers.clear();
+  }
+
+  private closeFd(fd: number): void {
+    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
+    else fs.closeSync(fd);
   }
 
   private readerFd(name: string): number {
@@ -131,7 +172,7 @@ export class LocalBlobStore implements BlobStore {
     if (this.readers.size > this.maxOpenReaders) {
       const [oldest, oldFd] = this.readers.entries().next().value as [string, number];
       this.readers.delete(oldest);
-      fs.closeSync(oldFd);
+      this.closeFd(oldFd);
     }
     return fd;
   }
@@ -140,7 +181,7 @@ export class LocalBlobStore implements BlobStore {
     const fd = this.readers.get(name);
     if (fd === undefined) return;
     this.readers.delete(name);
-    fs.closeSync(fd);
+    this.closeFd(fd);
   }
 }
 
@@ -240,6 +281,12 @@ class LocalBlobAppender implements BlobAppender {
     if (this.fd === null) throw invalid(`blob ${this.name} is closed`);
     return this.fd;
   }
+}
+
+function readAt(fd: number, buf: Buffer, at: number, length: number, position: number): Promise<{ bytesRead: number }> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, buf, at, length, position, (err, bytesRead) => (err ? reject(err) : resolve({ bytesRead })));
+  });
 }
 
 function bucketOf(name: string): string {

@@ -1,15 +1,19 @@
 import { LRUCache } from 'lru-cache';
 import {
-  ChunkKind, Chunking, type ChunkerParams, type ContentSource, type Extent, type Handle, type ObjectInfo,
+  ChunkKind, Chunking, type ChunkerParams, type BlobStore, type ChunkLocation, type ContentSource, type Extent, type Handle, type LeafSource, type ObjectInfo,
   type ObjectReader, type ObjectWriter, type TreeEntry, type TreeReader, type TreeWriter, type WriteObjectOptions,
 } from '../types.js';
 import { createChunker } from './chunker.js';
 import type { ChunkStore } from './chunk-store.js';
-import { handleKey, hashBytes } from './hash.js';
+import { handleKey, hashBytes, shortHex } from './hash.js';
 import {
   childAt, decodeNode, encodeNode, FLAG_ROOT, FLAG_TREE, isHole, nodeSize, ZERO_HANDLE, type MerkleNode,
 } from './merkle-node.js';
 import { decodeTree, encodeTree } from './tree-codec.js';
+import { decompressChunk } from './codec.js';
+import { DecodePool } from './decode-pool.js';
+import { containerBlobName } from './container-file.js';
+import { corrupt, StrataError } from '../errors.js';
 
 // Merkle objects over the chunk store. Node boundaries are content-defined (a node ends after a
 // child whose handle matches a bit pattern), so an insertion changes only the nodes on its path
@@ -19,6 +23,26 @@ const READ_PIECE = 4 * 1024 * 1024;
 const NODE_MIN = 16;
 const NODE_MAX = 1024;
 const SPLIT_MASK = 0x3f; // ~64 children per node on average
+const TREE_CACHE_BYTES = 64 * 1024 * 1024;
+/** Rough heap cost of a decoded entry besides its name: the object, two bigints, a handle. */
+const TREE_ENTRY_BYTES = 200;
+
+/** Chunks of one container this close together are read with one I/O, up to COALESCE_BYTES in all. */
+const COALESCE_GAP = 4096;
+const COALESCE_BYTES = 2 * 1024 * 1024;
+
+const where = (handle: Handle, loc: ChunkLocation) => `chunk ${shortHex(handle)} in container ${loc.container} at offset ${loc.offset}`;
+
+/** A missing or short container, or a payload that does not decode, is damage (ECORRUPT), not a missing file. */
+function damaged(handle: Handle, loc: ChunkLocation, e: unknown): unknown {
+  return e instanceof StrataError ? corrupt(`${where(handle, loc)}: ${e.message}`) : e;
+}
+
+function treeBytes(entries: TreeEntry[]): number {
+  let n = 64;
+  for (const e of entries) n += TREE_ENTRY_BYTES + e.name.length + (e.target?.length ?? 0) + (e.xattrs?.reduce((a, [k, v]) => a + k.length + v.length + 64, 0) ?? 0);
+  return n;
+}
 
 /** One leaf of an object: a data chunk or a hole, at an absolute offset. */
 export interface Leaf {
@@ -136,8 +160,14 @@ export function* iterateLeaves(objects: ObjectStore, root: Handle): Generator<Le
 
 export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, TreeReader {
   private readonly nodes = new LRUCache<string, MerkleNode>({ max: 4096 });
-  private readonly trees = new LRUCache<string, TreeEntry[]>({ max: 1024 });
+  /**
+   * Decoded directory listings, bounded by an estimate of their memory rather than by count: one
+   * listing may hold a handful of names or a million. Views list and look up from here.
+   */
+  private readonly trees = new LRUCache<string, TreeEntry[]>({ maxSize: TREE_CACHE_BYTES, sizeCalculation: treeBytes });
   private readonly zeros: Buffer;
+  /** Decompression and hash checks of asynchronous reads, off the main thread (one pool per process). */
+  private readonly decoder = DecodePool.shared();
 
   constructor(readonly chunks: ChunkStore, readonly params: ChunkerParams) {
     this.zeros = Buffer.alloc(Math.max(params.max, params.fixedSize));
@@ -219,6 +249,83 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
         this.readInto(h, cStart, Math.max(from, cStart), Math.min(to, cEnd), out, outBase);
       }
     }
+  }
+
+  /** The leaves (chunks and holes) overlapping [from, to), found by descending the tree: O(log n + k). */
+  leaves(root: Handle, from: number, to: number): Leaf[] {
+    const out: Leaf[] = [];
+    const visit = (h: Handle, base: number) => {
+      const n = this.node(h);
+      for (let i = childAt(n, Math.max(0, from - base)); i < n.handles.length; i++) {
+        const start = base + n.starts[i];
+        if (start >= to) break;
+        if (start + n.lengths[i] <= from) continue;
+        if (n.level === 0 || isHole(n.handles[i])) out.push({ offset: start, length: n.lengths[i], handle: n.handles[i] });
+        else visit(n.handles[i], start);
+      }
+    };
+    visit(root, 0);
+    return out;
+  }
+
+  /** One chunk's raw bytes, verified, its container read on the I/O pool (see readChunksAsync). */
+  readChunkAsync(handle: Handle): Promise<Buffer> {
+    return this.readChunksAsync([handle])[0];
+  }
+
+  /**
+   * Data chunks' raw bytes, one promise each, verified against their handles like
+   * ChunkStore.get, with the container reads on the I/O pool instead of the calling thread.
+   * Chunks stored close together in one container (a file's chunks usually are) are read with
+   * one I/O. Chunks it cannot locate, and every chunk of a blob store without readAsync, go
+   * through the synchronous ChunkStore.get (ENOENT from there).
+   */
+  readChunksAsync(handles: Handle[]): Promise<Buffer>[] {
+    const blobs = this.chunks.blobs;
+    const out: Promise<Buffer>[] = new Array(handles.length);
+    const located: { i: number; loc: ChunkLocation }[] = [];
+    for (let i = 0; i < handles.length; i++) {
+      const loc = blobs.readAsync ? this.chunks.locate(handles[i]) : undefined;
+      if (loc) located.push({ i, loc });
+      else out[i] = new Promise((resolve) => resolve(this.chunks.get(handles[i])));
+    }
+    // In container order: a file's chunks are stored close together, though not always in file
+    // order (parallel compression appends them as they come back).
+    located.sort((x, y) => x.loc.container - y.loc.container || x.loc.offset - y.loc.offset);
+    let run: { i: number; loc: ChunkLocation }[] = [];
+    const flush = () => {
+      if (!run.length) return;
+      const first = run[0].loc;
+      const last = run[run.length - 1].loc;
+      const chunks = run;
+      const bytes = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, last.offset + last.storedLength - first.offset);
+      // Decoded and verified off the main thread; each chunk's own promise carries its own error.
+      const decoded = bytes.then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
+        handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
+      }))));
+      chunks.forEach(({ i, loc }, k) => {
+        out[i] = decoded.then((all) => all[k]).catch((e: unknown) => { throw damaged(handles[i], loc, e); });
+      });
+      run = [];
+    };
+    for (const x of located) {
+      const prev = run[run.length - 1]?.loc;
+      const joins = prev && prev.container === x.loc.container && x.loc.offset >= prev.offset + prev.storedLength &&
+        x.loc.offset - (prev.offset + prev.storedLength) <= COALESCE_GAP && x.loc.offset + x.loc.storedLength - run[0].loc.offset <= COALESCE_BYTES;
+      if (!joins) flush();
+      run.push(x);
+    }
+    flush();
+    return out;
+  }
+
+  /** The leaves of one object as a prefetcher reads them: chunks from containers, asynchronously. */
+  leafSource(root: Handle): LeafSource {
+    return {
+      leaves: (from, to) => this.leaves(root, from, to),
+      isHole: (leaf) => isHole(leaf.handle),
+      fetch: (leaves) => this.readChunksAsync(leaves.map((l) => l.handle)),
+    };
   }
 
   extents(root: Handle): Extent[] {

@@ -97,6 +97,7 @@ export class LiveTree {
       get: db.prepare('SELECT * FROM live_inodes WHERE ino = ?'),
       lookup: db.prepare('SELECT ino FROM live_dirents WHERE parent = ? AND name = ?').pluck(),
       list: db.prepare('SELECT name, ino FROM live_dirents WHERE parent = ? ORDER BY name'),
+      listInodes: db.prepare('SELECT d.name AS entry_name, i.* FROM live_dirents d JOIN live_inodes i ON i.ino = d.ino WHERE d.parent = ? ORDER BY d.name'),
       count: db.prepare('SELECT count(*) FROM live_dirents WHERE parent = ?').pluck(),
       link: db.prepare('INSERT INTO live_dirents (parent, name, ino) VALUES (?, ?, ?)'),
       unlink: db.prepare('DELETE FROM live_dirents WHERE parent = ? AND name = ?'),
@@ -131,6 +132,12 @@ export class LiveTree {
   list(dir: Inode): { name: Buffer; ino: number }[] {
     this.ensureLoaded(dir);
     return this.q.list.all(dir.ino) as { name: Buffer; ino: number }[];
+  }
+
+  /** A directory's entries with their inodes, in one query (a listing with attributes). */
+  listInodes(dir: Inode): { name: Buffer; inode: Inode }[] {
+    this.ensureLoaded(dir);
+    return (this.q.listInodes.all(dir.ino) as (Row & { entry_name: Buffer })[]).map((r) => ({ name: r.entry_name, inode: toInode(r) }));
   }
 
   isEmpty(dir: Inode): boolean {

@@ -1,13 +1,15 @@
 import fs from 'node:fs';
+import { LRUCache } from 'lru-cache';
 import { diffEntries } from '../cas/diff.js';
 import type { CasStore } from '../cas/store.js';
-import { lookupPath } from '../cas/tree-lookup.js';
+import { findEntry, lookupPath } from '../cas/tree-lookup.js';
 import { invalid, notFound, StrataError } from '../errors.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
-import type { Attr, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
+import type { Attr, DirEntry, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
 import { ChunkOffload } from '../cas/chunk-offload.js';
 import { FileBuffer, type FlushJob } from './file-buffer.js';
+import { Prefetcher } from './prefetch.js';
 import { LiveTree, nowUs, ROOT_INO, type Inode } from './live-tree.js';
 import { rewriteContentAsync } from './rewrite-content.js';
 import { PerformancePool, type PerformanceSettings } from '../pools/performance-pool.js';
@@ -35,6 +37,9 @@ const NAME_MAX = 255;
 /** Unflushed bytes per file before a write starts flushing them into containers (in the background). */
 const FLUSH_BYTES = 16 * 1024 * 1024;
 const VIEW_TIMEOUT = 3600;
+/** Memory for resolved view paths (keys plus a rough per-entry cost; entries share the cached trees). */
+const VIEW_PATH_CACHE_BYTES = 32 * 1024 * 1024;
+const VIEW_PATH_OVERHEAD = 96;
 const LIVE_TIMEOUT = 1;
 
 /** A file's content, built by the flusher, waiting to be committed with its batch. */
@@ -49,8 +54,9 @@ interface Staged {
 const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
 
 type Handle_ =
-  | { kind: 'live'; ino: number; flags: number }
-  | { kind: 'view'; entry: TreeEntry; native: boolean }
+  /** reader: read-ahead over the stored content `root`, made at the first read without dirty buffers. */
+  | { kind: 'live'; ino: number; flags: number; reader?: { root: Handle; p: Prefetcher } }
+  | { kind: 'view'; entry: TreeEntry; native: boolean; reader?: Prefetcher }
   | { kind: 'data'; data: Buffer };
 
 const erofs = () => new StrataError('EROFS', 'read-only view');
@@ -86,6 +92,17 @@ export class StrataFs implements Namespace {
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
   private snapCache: { at: number; list: SnapshotInfo[] } | null = null;
+  private poolCache: { generation: number; list: string[] } | null = null;
+  /**
+   * Resolved view paths, "snapshot id/a/b" -> entry. A snapshot never changes, so an entry stays
+   * right for as long as the snapshot exists (a removed one is no longer reachable by name).
+   * Parents are cached on the way, so a stat of every file of a directory costs one map lookup
+   * for the directory and one binary search in its cached listing per file.
+   */
+  private readonly viewPaths = new LRUCache<string, TreeEntry>({
+    maxSize: VIEW_PATH_CACHE_BYTES,
+    sizeCalculation: (_e, key) => 2 * key.length + VIEW_PATH_OVERHEAD,
+  });
 
   private constructor(readonly cas: CasStore, settings?: PerformanceSettings) {
     this.cat = new Catalogue(cas);
@@ -118,7 +135,7 @@ export class StrataFs implements Namespace {
     if (area === 'pools' && parts[0] === 'capacity' && parts.length >= 2) return { snap: this.snapByName(parts[1]), rest: parts.slice(2), native: false };
     if (area === 'pools' && parts[0] === 'performance' && parts.length >= 2) {
       const snap = this.snapByName(parts[1]);
-      if (!this.pool.snapshots().includes(snap.id)) throw notFound(`snapshot ${parts[1]} in the performance pool`);
+      if (!this.poolSnapshots().includes(snap.id)) throw notFound(`snapshot ${parts[1]} in the performance pool`);
       return { snap, rest: parts.slice(2), native: true };
     }
     if (area === 'at' && parts.length >= 1) return { snap: this.snapAt(parts[0]), rest: parts.slice(1), native: false };
@@ -135,9 +152,17 @@ export class StrataFs implements Namespace {
     return this.snapCache.list;
   }
 
+  /** Snapshots the performance pool holds, cached until the pool changes: every lookup in a performance view asks. */
+  private poolSnapshots(): string[] {
+    const g = this.pool.generation;
+    if (!this.poolCache || this.poolCache.generation !== g) this.poolCache = { generation: g, list: this.pool.snapshots() };
+    return this.poolCache.list;
+  }
+
   /** Forget cached catalogue figures after snapshots were added or removed. */
   catalogueChanged(): void {
     this.snapCache = null;
+    this.poolCache = null;
     this.statsCache = null;
   }
 
@@ -156,9 +181,22 @@ export class StrataFs implements Namespace {
     return best;
   }
 
+  /** The entry at `rest` inside a snapshot (its root entry for []), from the path cache when there. */
   private viewEntry(snap: SnapshotInfo, rest: string[]): TreeEntry {
-    const root = this.cat.rootEntry(snap);
-    return rest.length ? lookupPath(this.cas.objects, root, Buffer.from(rest.join('/'))) : root;
+    const key = `${snap.id}/${rest.join('/')}`;
+    let e = this.viewPaths.get(key);
+    if (e) return e;
+    if (rest.length === 0) {
+      e = this.cat.rootEntry(snap);
+    } else {
+      const dir = this.viewEntry(snap, rest.slice(0, -1));
+      const name = rest[rest.length - 1];
+      if (dir.type !== 'dir') throw new StrataError('ENOTDIR', `${rest.slice(0, -1).join('/') || '.'} is not a directory`);
+      e = dir.content ? findEntry(this.cas.objects.readTree(dir.content), Buffer.from(name)) : undefined;
+      if (!e) throw notFound(rest.join('/'));
+    }
+    this.viewPaths.set(key, e);
+    return e;
   }
 
   private label = (s: SnapshotInfo) => s.name ?? s.id;
@@ -286,20 +324,38 @@ export class StrataFs implements Namespace {
     throw notFound(`tree/${this.label(s)}/${rest.join('/')}`);
   }
 
-  readdir(path: string): string[] {
+  readdir(path: string): DirEntry[] {
     const { area, parts } = this.route(path);
+    if (area === 'live') {
+      const d = this.resolve(parts);
+      if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+      return this.live.listInodes(d).map((e) => ({ name: e.name.toString(), attr: this.attrOfInode(e.inode) }));
+    }
+    const v = this.view(area, parts);
+    if (v) {
+      const e = this.viewEntry(v.snap, v.rest);
+      if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
+      if (!e.content) return [];
+      const prefix = `${v.snap.id}/${v.rest.map((p) => `${p}/`).join('')}`;
+      return this.cas.objects.readTree(e.content).map((c) => {
+        const name = c.name.toString();
+        return { name, attr: this.attrOfEntry(c, prefix + name) };
+      });
+    }
+    // The synthetic folders are small: each entry's attributes are what getattr answers for it.
+    const base = path === '/' ? '' : path;
+    return this.syntheticNames(area, parts, path).map((name) => ({ name, attr: this.getattr(`${base}/${name}`) }));
+  }
+
+  /** Names in the synthetic folders (root, pools/, at/, tree/). */
+  private syntheticNames(area: string, parts: string[], path: string): string[] {
     switch (area) {
       case '': return ['live', 'pools', 'at', 'tree', 'stats.json'];
-      case 'live': {
-        const d = this.resolve(parts);
-        if (d.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
-        return this.live.list(d).map((e) => e.name.toString());
-      }
       case 'pools':
         if (parts.length === 0) return ['capacity', 'performance'];
         if (parts.length === 1 && parts[0] === 'capacity') return this.snaps().map(this.label);
         if (parts.length === 1 && parts[0] === 'performance') {
-          const held = new Set(this.pool.snapshots());
+          const held = new Set(this.poolSnapshots());
           return this.snaps().filter((x) => held.has(x.id)).map(this.label);
         }
         break;
@@ -314,13 +370,8 @@ export class StrataFs implements Namespace {
         throw new StrataError('ENOTDIR', 'not a directory');
       }
       case 'stats.json': throw new StrataError('ENOTDIR', 'not a directory');
-      default: throw notFound(path);
     }
-    const v = this.view(area, parts);
-    if (!v) throw notFound(path);
-    const e = this.viewEntry(v.snap, v.rest);
-    if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
-    return e.content ? this.cas.objects.readTree(e.content).map((c) => c.name.toString()) : [];
+    throw notFound(path);
   }
 
   readlink(path: string): string {
@@ -365,18 +416,49 @@ export class StrataFs implements Namespace {
     return this.addHandle({ kind: 'view', entry: e, native: v.native });
   }
 
-  read(fh: number, offset: number, length: number): Buffer {
+  /**
+   * Stored content is read asynchronously: from containers through a per-handle prefetcher
+   * (container reads on the I/O pool, chunks ahead fetched concurrently, every chunk verified),
+   * from the performance pool's native file with one pread per request. A live file with
+   * unflushed writes reads synchronously through its buffer.
+   */
+  read(fh: number, offset: number, length: number): Buffer | Promise<Buffer> {
     const h = this.handle(fh);
     if (h.kind === 'data') return h.data.subarray(Math.min(offset, h.data.length), Math.min(offset + length, h.data.length));
     if (h.kind === 'view') {
-      if (!h.entry.content) return Buffer.alloc(0);
-      return h.native ? this.pool.read(h.entry.content, offset, length) : this.cas.objects.readObject(h.entry.content, offset, length);
+      const root = h.entry.content;
+      if (!root) return Buffer.alloc(0);
+      // The performance pool's native file, while it holds a sound copy; containers otherwise.
+      if (h.native) {
+        return this.pool.readAsync(root, offset, length).then((b) => {
+          if (b) return b;
+          h.native = false;
+          return this.viewReader(h, root).read(offset, length);
+        });
+      }
+      return this.viewReader(h, root).read(offset, length);
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
     if (b) return b.read(this.cas.objects, offset, length);
     if (!i.content) return Buffer.alloc(0);
-    return this.cas.objects.readObject(i.content, offset, Math.max(0, Math.min(length, i.size - offset)));
+    if (!h.reader || !h.reader.root.equals(i.content)) {
+      h.reader?.p.close();
+      h.reader = { root: i.content, p: new Prefetcher(this.cas.objects.leafSource(i.content), this.cas.objects.objectSize(i.content)) };
+    }
+    return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)));
+  }
+
+  /** A view handle's reader over containers, made at its first read. */
+  private viewReader(h: Extract<Handle_, { kind: 'view' }>, root: Handle): Prefetcher {
+    h.reader ??= new Prefetcher(this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
+    return h.reader;
+  }
+
+  /** Stops a handle's read-ahead: chunks in flight are dropped when they arrive. */
+  private dropReader(h: Handle_): void {
+    if (h.kind === 'view') h.reader?.close();
+    else if (h.kind === 'live') h.reader?.p.close();
   }
 
   // ---- Namespace: writing the live tree ------------------------------------------------------
@@ -436,6 +518,7 @@ export class StrataFs implements Namespace {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
+    this.dropReader(h);
     if (h.kind !== 'live') return;
     const n = (this.openCount.get(h.ino) ?? 1) - 1;
     if (n > 0) { this.openCount.set(h.ino, n); return; }

@@ -15,6 +15,18 @@
 // - there is no per-path entry/attr timeout in the high-level libfuse2 API fuse-native wraps, so
 //   Namespace.cacheTimeout() can only be applied globally, at mount time (see the daemon).
 // - fgetattr is left unimplemented: libfuse then answers it with getattr by path.
+// - readdir answers (0, names, stats): with as many stats as names, fuse-native passes each stat to
+//   libfuse2's filler, so the kernel gets d_type instead of DT_UNKNOWN; with other lengths it
+//   passes names only. libfuse2 has no readdirplus, so the kernel still looks names up on stat.
+// - open answers only a file handle: fuse-native 2.2.6 sets fuse_file_info.fh and nothing else, so
+//   keep_cache (keep a view file's pages across opens) cannot be set from here. It would take a
+//   change to fuse-native.c's open signal (say, a flag bit in the returned handle) rebuilt by
+//   scripts/patch-fuse-native.mjs. Not done: the addon is shared by every checkout using that
+//   node_modules, and rebuilding it under running mounts is unsafe; and with libfuse2's high-level
+//   API the kernel inode follows the path, not the content, so pools/capacity/NAME after a snapshot
+//   is removed and another takes its name, or at/TIME once a newer snapshot falls before TIME,
+//   could serve stale pages for up to the attribute timeout, unless every such change also
+//   invalidated the kernel's cache (fuse_invalidate is not exposed by fuse-native either).
 
 import Fuse from 'fuse-native';
 import { isStrataError } from '../errors.js';
@@ -140,7 +152,9 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
       serve('getattr', path, cb, () => ns.getattr(path), (a) => [0, toFuseStat(a)]);
     },
     readdir(path, cb) {
-      serve('readdir', path, cb, () => ns.readdir(path), (names) => [0, names]);
+      // Names and stats of equal length: fuse-native then hands each stat to libfuse's filler, which
+      // sets d_type from st_mode (and d_ino from st_ino under use_ino).
+      serve('readdir', path, cb, () => ns.readdir(path), (entries) => [0, entries.map((e) => e.name), entries.map((e) => toFuseStat(e.attr))]);
     },
     readlink(path, cb) {
       serve('readlink', path, cb, () => ns.readlink(path), (target) => [0, target]);

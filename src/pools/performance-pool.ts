@@ -77,7 +77,12 @@ export class PerformancePool {
   private readonly db: Database.Database;
   private readonly verified = new Map<string, Set<number>>();
   private readonly fds = new Map<string, number>();
+  /** Native reads in flight per fd, and fds to close once theirs are done. */
+  private readonly busy = new Map<number, number>();
+  private readonly closeWhenIdle = new Set<number>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** Grows whenever the set of held snapshots may have changed, so callers can cache snapshots(). */
+  generation = 0;
 
   constructor(
     private readonly cas: CasStore,
@@ -140,6 +145,7 @@ export class PerformancePool {
         for (const m of members) ins.run(snap.id, m.path, m.root);
         this.db.prepare('INSERT OR IGNORE INTO perf_snapshots (snapshot) VALUES (?)').run(snap.id);
       });
+      this.generation++;
     }
     result.filesEvicted = this.evict(keep);
     return result;
@@ -237,6 +243,7 @@ export class PerformancePool {
 
   private evict(keep: Set<string>): number {
     let evicted = 0;
+    this.generation++;
     this.cas.index.transaction(() => {
       for (const s of this.snapshots()) {
         if (keep.has(s)) continue;
@@ -293,6 +300,67 @@ export class PerformancePool {
     return out;
   }
 
+  /**
+   * A byte range of a held object from its native file, read on the I/O pool (the kernel's own
+   * read-ahead on the native file does the prefetching); the leaves it covers are checked against
+   * their handles the first time. Resolves null when the pool does not hold the object or its copy
+   * turns out damaged (it is then retired, as read() does): the caller reads from containers.
+   */
+  async readAsync(root: Handle, offset: number, length: number): Promise<Buffer | null> {
+    const key = handleKey(root);
+    let fd = this.fds.get(key);
+    if (fd === undefined) {
+      if (!this.holds(root)) return null;
+      fd = fs.openSync(this.fileOf(root), 'r');
+      this.fds.set(key, fd);
+    }
+    const objects = this.cas.objects;
+    const end = Math.min(objects.objectSize(root), offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    let seen = this.verified.get(key);
+    if (!seen) { seen = new Set(); this.verified.set(key, seen); }
+    const unseen = objects.leaves(root, offset, end).filter((l) => !isHole(l.handle) && !seen.has(l.offset));
+    // Whole leaves when some still need their check, else just the range asked for.
+    const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
+    const to = unseen.length ? Math.max(end, unseen[unseen.length - 1].offset + unseen[unseen.length - 1].length) : end;
+    const b = await this.readNative(fd, from, to - from);
+    for (const leaf of unseen) {
+      const data = b.subarray(leaf.offset - from, leaf.offset - from + leaf.length);
+      if (data.length !== leaf.length || !hashBytes(data).equals(leaf.handle)) {
+        if (this.fds.get(key) === fd) {
+          process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
+          this.retire(root);
+        }
+        return null;
+      }
+      seen.add(leaf.offset);
+    }
+    if (b.length < end - from) return null; // shorter than the object says: not a copy to trust
+    return b.subarray(offset - from, end - from);
+  }
+
+  /** Reads on the I/O pool; the fd stays open until its last read is done (see closeFd). */
+  private async readNative(fd: number, offset: number, length: number): Promise<Buffer> {
+    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
+    const out = Buffer.allocUnsafe(length);
+    let got = 0;
+    try {
+      while (got < length) {
+        const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
+        if (n <= 0) break;
+        got += n;
+      }
+    } finally {
+      const n = (this.busy.get(fd) ?? 1) - 1;
+      if (n > 0) this.busy.set(fd, n);
+      else {
+        this.busy.delete(fd);
+        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
+      }
+    }
+    return got === length ? out : out.subarray(0, got);
+  }
+
   private retire(root: Handle): void {
     this.db.prepare("UPDATE perf_files SET state = 'damaged' WHERE root = ?").run(root);
     this.closeFd(root);
@@ -301,30 +369,24 @@ export class PerformancePool {
   private closeFd(root: Handle): void {
     const key = handleKey(root);
     const fd = this.fds.get(key);
-    if (fd !== undefined) fs.closeSync(fd);
+    if (fd !== undefined) this.closeNow(fd);
     this.fds.delete(key);
     this.verified.delete(key);
   }
 
+  /** Closes an fd, or marks it to close after its reads in flight: a reused number could serve another file. */
+  private closeNow(fd: number): void {
+    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
+    else fs.closeSync(fd);
+  }
+
   close(): void {
-    for (const fd of this.fds.values()) fs.closeSync(fd);
+    for (const fd of this.fds.values()) this.closeNow(fd);
     this.fds.clear();
   }
 }
 
 /** The leaves (chunks and holes) overlapping [from, to), found by descending the tree: O(log n + k). */
 export function leavesInRange(objects: ObjectStore, root: Handle, from: number, to: number): { offset: number; length: number; handle: Handle }[] {
-  const out: { offset: number; length: number; handle: Handle }[] = [];
-  const visit = (h: Handle, base: number) => {
-    const n = objects.node(h);
-    for (let i = childAt(n, Math.max(0, from - base)); i < n.handles.length; i++) {
-      const start = base + n.starts[i];
-      if (start >= to) break;
-      if (start + n.lengths[i] <= from) continue;
-      if (n.level === 0 || isHole(n.handles[i])) out.push({ offset: start, length: n.lengths[i], handle: n.handles[i] });
-      else visit(n.handles[i], start);
-    }
-  };
-  visit(root, 0);
-  return out;
+  return objects.leaves(root, from, to);
 }

@@ -1,0 +1,146 @@
+import type { LeafSource, ObjectLeaf } from '../types.js';
+
+// Read-ahead for one open file. The kernel asks for 128 KiB at a time and waits for each answer
+// before the application sees it; a read that goes to a container (pread, zstd, BLAKE3) costs far
+// more than the FUSE round trip. Once reads are sequential (each starts where the previous one
+// ended), the following chunks are fetched concurrently, so the disk, the I/O pool and the main
+// thread overlap and most requests find their chunks already there.
+
+export interface PrefetchOptions {
+  /** How far past the end of a sequential read chunks are fetched ahead. */
+  aheadBytes: number;
+  /**
+   * A read counts as sequential when it starts within this distance of where the last one ended
+   * (the kernel's own read-ahead may send requests slightly out of order).
+   */
+  slackBytes: number;
+}
+
+export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, slackBytes: 1024 * 1024 };
+
+interface Slot {
+  leaf: ObjectLeaf;
+  bytes: Promise<Buffer>;
+}
+
+/**
+ * Reads byte ranges of one object, keeping a window of fetched or in-flight chunks around the
+ * read position. Memory per reader stays below aheadBytes plus one request and one chunk on each
+ * side. Not safe to share between objects: make one per open handle.
+ */
+export class Prefetcher {
+  /** Fetched or in-flight leaves by offset, in the order they were started. */
+  private readonly window = new Map<number, Slot>();
+  /** End of the last read; -1 before the first. */
+  private lastEnd = -1;
+  /** Everything below this offset (and above the read position) was already started. */
+  private aheadUntil = 0;
+  private closed = false;
+  private inFlight = 0;
+
+  constructor(
+    private readonly source: LeafSource,
+    readonly size: number,
+    private readonly opts: PrefetchOptions = DEFAULT_PREFETCH,
+  ) {}
+
+  /** Bytes [offset, offset + length) clamped to the size; holes read as zeros. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (this.closed) throw new Error('read from a closed prefetcher');
+    const end = Math.min(this.size, offset + Math.max(0, length));
+    if (end <= offset) return Buffer.alloc(0);
+    const sequential = this.lastEnd >= 0 && offset >= this.lastEnd - this.opts.slackBytes && offset <= this.lastEnd + this.opts.slackBytes;
+    const leaves = this.source.leaves(offset, end);
+    const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
+    if (missing.length) this.start(missing);
+    const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).bytes));
+    if (sequential || offset === 0) {
+      this.forgetBefore(offset);
+      // Refill in large steps, once half the read-ahead is used: one batch of a few MiB lets the
+      // source read neighbouring chunks with one I/O, where a refill per request would not.
+      if (this.aheadUntil - end < this.opts.aheadBytes / 2) this.fetchAhead(Math.max(end, this.aheadUntil), end + this.opts.aheadBytes);
+    } else {
+      // Random access: keep only what this read uses, and fetch nothing ahead.
+      const used = new Set(leaves.map((l) => l.offset));
+      for (const k of this.window.keys()) if (!used.has(k)) this.window.delete(k);
+      this.aheadUntil = end;
+    }
+    this.lastEnd = end;
+    if (leaves.length === 1 && parts[0]) {
+      // Within one chunk (the usual case for chunks larger than a request): no copy here, the
+      // FUSE layer copies into the kernel's buffer anyway.
+      const data = await this.settle(leaves[0], parts[0]);
+      return data.subarray(offset - leaves[0].offset, end - leaves[0].offset);
+    }
+    const out = Buffer.alloc(end - offset);
+    for (let i = 0; i < leaves.length; i++) {
+      const p = parts[i];
+      if (!p) continue; // zeros already
+      const leaf = leaves[i];
+      const data = await this.settle(leaf, p);
+      const s = Math.max(offset, leaf.offset);
+      const e = Math.min(end, leaf.offset + leaf.length);
+      data.copy(out, s - offset, s - leaf.offset, e - leaf.offset);
+    }
+    return out;
+  }
+
+  /** Awaits a leaf's bytes; a failure is forgotten, so a later read tries again rather than repeating it. */
+  private async settle(leaf: ObjectLeaf, p: Promise<Buffer>): Promise<Buffer> {
+    try {
+      return await p;
+    } catch (e) {
+      if (this.window.get(leaf.offset)?.bytes === p) this.window.delete(leaf.offset);
+      throw e;
+    }
+  }
+
+  /** Forgets every chunk; fetches still in flight finish and are dropped. */
+  close(): void {
+    this.closed = true;
+    this.window.clear();
+  }
+
+  /** Chunks held or awaited (for tests and stats). */
+  get windowSize(): number {
+    return this.window.size;
+  }
+
+  /** Fetches started and not yet finished. */
+  get pending(): number {
+    return this.inFlight;
+  }
+
+  /** The window's slot for `leaf`, starting its fetch if it has none. */
+  private slot(leaf: ObjectLeaf): Slot {
+    const have = this.window.get(leaf.offset);
+    if (have && have.leaf.length === leaf.length) return have;
+    return this.start([leaf])[0];
+  }
+
+  /** Starts fetching `leaves` together (the source may combine adjacent ones into one read). */
+  private start(leaves: ObjectLeaf[]): Slot[] {
+    const promises = this.source.fetch(leaves);
+    const done = () => { this.inFlight--; };
+    return leaves.map((leaf, i) => {
+      this.inFlight++;
+      const bytes = promises[i];
+      bytes.then(done, done); // also keeps an unread failure from being an unhandled rejection
+      const s = { leaf, bytes };
+      if (!this.closed) this.window.set(leaf.offset, s);
+      return s;
+    });
+  }
+
+  private forgetBefore(offset: number): void {
+    for (const [k, s] of this.window) if (s.leaf.offset + s.leaf.length <= offset) this.window.delete(k);
+  }
+
+  private fetchAhead(from: number, to: number): void {
+    to = Math.min(to, this.size);
+    if (from >= to) return;
+    const wanted = this.source.leaves(from, to).filter((l) => !this.source.isHole(l) && !this.window.has(l.offset));
+    if (wanted.length) this.start(wanted);
+    this.aheadUntil = to;
+  }
+}

@@ -1,0 +1,43 @@
+import test from 'ava';
+import { compressChunk } from '../src/cas/codec.js';
+import { DecodePool } from '../src/cas/decode-pool.js';
+import { hashBytes } from '../src/cas/hash.js';
+import { isStrataError } from '../src/errors.js';
+import { pseudoRandomBytes } from './helpers/tmp.js';
+
+// The decode workers: raw bytes back for good payloads, ECORRUPT for damaged ones, inline or not.
+
+function batch(chunks: Buffer[]) {
+  const payloads = chunks.map((c) => compressChunk(c));
+  const data = Buffer.concat(payloads.map((p) => p.payload));
+  let at = 0;
+  const items = chunks.map((c, i) => {
+    const it = { handle: hashBytes(c), codec: payloads[i].codec, rawLength: c.length, start: at, length: payloads[i].payload.length };
+    at += payloads[i].payload.length;
+    return it;
+  });
+  return { data, items };
+}
+
+const text = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => `line ${seed} ${i}\n`).join(''));
+
+for (const [name, chunks] of [
+  ['on a worker (a batch of a few MiB)', [text(40_000, 1), pseudoRandomBytes(300_000, 2), text(50_000, 3)]],
+  ['inline (a small batch)', [text(100, 4), pseudoRandomBytes(2000, 5), text(50, 6)]],
+] as const) {
+  test(`decodes and verifies ${name}; a damaged payload is ECORRUPT and spares its neighbours`, async (t) => {
+    const pool = new DecodePool(1);
+    t.teardown(() => pool.close());
+    const good = batch([...chunks]);
+    const got = await Promise.all(pool.decode(Buffer.from(good.data), good.items));
+    got.forEach((g, i) => t.true(g.equals(chunks[i]), `chunk ${i}`));
+
+    const bad = batch([...chunks]);
+    bad.data[bad.items[1].start + 5] ^= 0x20; // the middle chunk
+    const results = await Promise.allSettled(pool.decode(bad.data, bad.items));
+    t.is(results[0].status, 'fulfilled');
+    t.is(results[2].status, 'fulfilled');
+    t.is(results[1].status, 'rejected');
+    t.true(isStrataError((results[1] as PromiseRejectedResult).reason, 'ECORRUPT'));
+  });
+}

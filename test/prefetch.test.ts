@@ -1,0 +1,103 @@
+import test from 'ava';
+import { StrataError } from '../src/errors.js';
+import { Prefetcher } from '../src/fs/prefetch.js';
+import type { LeafSource, ObjectLeaf } from '../src/types.js';
+
+// The prefetcher against a fake source: which leaves it fetches, when, and what it forgets.
+
+const HOLE = Buffer.alloc(32);
+
+/** An object of `n` leaves of `size` bytes; leaf i's bytes are all (i % 251) + 1, holes where asked. */
+function fakeSource(n: number, size: number, opts: { holes?: Set<number>; failing?: Set<number> } = {}) {
+  const leaves: ObjectLeaf[] = Array.from({ length: n }, (_, i) => ({
+    offset: i * size, length: size, handle: opts.holes?.has(i) ? HOLE : Buffer.alloc(32, i % 251 + 1),
+  }));
+  const fetched: number[] = [];
+  const batches: number[][] = [];
+  const waiting: Array<() => void> = [];
+  let manual = false;
+  const source: LeafSource = {
+    leaves: (from, to) => leaves.filter((l) => l.offset < to && l.offset + l.length > from),
+    isHole: (l) => l.handle.equals(HOLE),
+    fetch: (ls) => {
+      batches.push(ls.map((l) => l.offset / size));
+      return ls.map((l) => {
+        const i = l.offset / size;
+        fetched.push(i);
+        const make = () => {
+          if (opts.failing?.has(i)) throw new StrataError('ECORRUPT', `leaf ${i}: hash mismatch`);
+          return Buffer.alloc(size, i % 251 + 1);
+        };
+        return manual ? new Promise<Buffer>((resolve, reject) => waiting.push(() => { try { resolve(make()); } catch (e) { reject(e); } })) : Promise.resolve().then(make);
+      });
+    },
+  };
+  const expected = (from: number, to: number) => {
+    const out = Buffer.alloc(to - from);
+    for (let p = from; p < to; p++) {
+      const i = Math.floor(p / size);
+      out[p - from] = opts.holes?.has(i) ? 0 : i % 251 + 1;
+    }
+    return out;
+  };
+  return { source, fetched, batches, expected, total: n * size, hold: () => { manual = true; }, release: () => waiting.splice(0).forEach((f) => f()) };
+}
+
+test('sequential reads return the right bytes and fetch ahead, in batches, each leaf once', async (t) => {
+  const f = fakeSource(64, 1000);
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 2000 });
+  for (let off = 0; off < f.total; off += 700) {
+    const got = await p.read(off, 700);
+    t.true(got.equals(f.expected(off, Math.min(f.total, off + 700))), `bytes at ${off}`);
+  }
+  t.deepEqual([...f.fetched].sort((a, b) => a - b), Array.from({ length: 64 }, (_, i) => i), 'every leaf fetched exactly once');
+  t.true(f.batches.some((b) => b.length > 1), 'read-ahead asks for several leaves at once');
+  t.true(p.windowSize <= 8000 / 1000 + 3, `window stays bounded (${p.windowSize})`);
+});
+
+test('random reads fetch only what they need and keep no window', async (t) => {
+  const f = fakeSource(100, 1000);
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 0 });
+  await p.read(50_500, 10);
+  await p.read(10_200, 1500);
+  await p.read(90_000, 1000);
+  t.true((await p.read(70_999, 2)).equals(f.expected(70_999, 71_001)));
+  t.deepEqual(f.fetched, [50, 10, 11, 90, 70, 71]);
+  t.true(p.windowSize <= 2);
+});
+
+test('holes read as zeros without a fetch; reads are clamped to the size', async (t) => {
+  const f = fakeSource(10, 1000, { holes: new Set([2, 3]) });
+  const p = new Prefetcher(f.source, 9500, { aheadBytes: 0, slackBytes: 0 });
+  t.true((await p.read(1500, 3000)).equals(f.expected(1500, 4500)));
+  t.false(f.fetched.includes(2) || f.fetched.includes(3));
+  t.is((await p.read(9000, 4096)).length, 500);
+  t.is((await p.read(9500, 10)).length, 0);
+});
+
+test('a failed leaf fails the read that needs it, not a read before it, and is fetched again next time', async (t) => {
+  const f = fakeSource(20, 1000, { failing: new Set([5]) });
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 10_000, slackBytes: 1000 });
+  t.true((await p.read(0, 4000)).equals(f.expected(0, 4000)), 'leaf 5 was prefetched and failed; this read does not need it');
+  const e = await t.throwsAsync(p.read(4000, 2000));
+  t.is((e as StrataError).code, 'ECORRUPT');
+  const before = f.fetched.filter((i) => i === 5).length;
+  await t.throwsAsync(p.read(5000, 10));
+  t.is(f.fetched.filter((i) => i === 5).length, before + 1, 'retried, not served from a remembered failure');
+});
+
+test('close forgets the window; fetches in flight finish and leave nothing behind', async (t) => {
+  const f = fakeSource(50, 1000);
+  f.hold();
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 20_000, slackBytes: 1000 });
+  const first = p.read(0, 1000);
+  t.true(p.pending > 10, 'read-ahead in flight');
+  p.close();
+  t.is(p.windowSize, 0);
+  f.release();
+  await first.catch(() => undefined);
+  await new Promise((r) => setImmediate(r));
+  t.is(p.pending, 0);
+  t.is(p.windowSize, 0);
+  await t.throwsAsync(p.read(0, 10));
+});
