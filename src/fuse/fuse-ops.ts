@@ -21,9 +21,8 @@
 // - open answers only a file handle: fuse-native 2.2.6 sets fuse_file_info.fh and nothing else, so
 //   keep_cache (keep a view file's pages across opens) cannot be set from here. It would take a
 //   change to fuse-native.c's open signal (say, a flag bit in the returned handle) rebuilt by
-//   scripts/patch-fuse-native.mjs. Not done: the addon is shared by every checkout using that
-//   node_modules, and rebuilding it under running mounts is unsafe; and with libfuse2's high-level
-//   API the kernel inode follows the path, not the content, so pools/capacity/NAME after a snapshot
+//   scripts/patch-fuse-native.mjs. Not done, because with libfuse2's high-level API the kernel
+//   inode follows the path, not the content, so pools/capacity/NAME after a snapshot
 //   is removed and another takes its name, or at/TIME once a newer snapshot falls before TIME,
 //   could serve stale pages for up to the attribute timeout, unless every such change also
 //   invalidated the kernel's cache (fuse_invalidate is not exposed by fuse-native either).
