@@ -230,7 +230,7 @@ export interface Namespace {
   open(path: string, flags: number): number | Promise<number>;
   create(path: string, mode: number, flags: number, uid: number, gid: number): number | Promise<number>;
   read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
-  /** Copies `data` before any asynchronous step (FUSE reuses the buffer). Returns bytes written. */
+  /** Copies `data` before any asynchronous step (it is FUSE's buffer, reused once answered). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;
   flush(fh: number): void | Promise<void>;
   fsync(fh: number, datasync: boolean): void | Promise<void>;

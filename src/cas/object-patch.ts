@@ -188,6 +188,7 @@ class Patcher {
         }
       },
       add: (chunk, handle) => this.builder.addHashedChunk(chunk, handle),
+      prefetch: (handles) => this.objects.chunks.prefetch(handles),
     };
   }
 

@@ -55,7 +55,8 @@ export class ObjectBuilder {
   /** addChunk with the chunk's BLAKE3 already computed (by a worker), or null to compute it here. */
   addHashedChunk(chunk: Buffer, hash: Handle | null): void {
     const len = chunk.length;
-    if (this.zeros.subarray(0, len).equals(chunk)) {
+    // Most chunks differ from zeros in their first or last byte: no view nor native compare for them.
+    if ((len === 0 || (chunk[0] === 0 && chunk[len - 1] === 0)) && this.zeros.subarray(0, len).equals(chunk)) {
       this.chunks.noteZero(len);
       this.add(ZERO_HANDLE, len);
       return;
