@@ -100,3 +100,23 @@ test('prefetch: put() after a batched lookup finds stored chunks and stores new 
   other.commit();
   t.false(again.put(hashBytes(late), ChunkKind.Data, late));
 });
+
+test('commit: references to chunks new in the batch and to stored ones both count', (t) => {
+  const { index, chunks } = setup(t);
+  const old = pseudoRandomBytes(1000, 6000);
+  chunks.put(hashBytes(old), ChunkKind.Data, old);
+  chunks.commit();
+  const fresh = pseudoRandomBytes(1000, 6001);
+  chunks.put(hashBytes(fresh), ChunkKind.Data, fresh);
+  const n1 = pseudoRandomBytes(100, 6002);
+  const n2 = pseudoRandomBytes(100, 6003);
+  chunks.put(hashBytes(n1), ChunkKind.Node, n1, [hashBytes(old), hashBytes(fresh)]);
+  chunks.put(hashBytes(n2), ChunkKind.Node, n2, [hashBytes(fresh)]);
+  chunks.commit();
+  t.is(index.getChunk(hashBytes(old))?.refs, 1);
+  t.is(index.getChunk(hashBytes(fresh))?.refs, 2);
+  t.is(index.getChunk(hashBytes(n1))?.refs, 0);
+  const live = index.db.prepare('SELECT sum(live_bytes) FROM containers').pluck().get() as number;
+  const stored = index.db.prepare('SELECT sum(stored) FROM chunks').pluck().get() as number;
+  t.is(live, stored, 'live bytes per container add up to the chunks stored in them');
+});

@@ -340,10 +340,14 @@ export class ChunkStore {
     // nothing left to sync and the thread never blocks on the disk.
     if (!durable && (!this.index.relaxed || this.pending.size > 0)) this.syncContainers();
     const pending = [...this.pending.values()];
-    const refs = [...this.pendingRefs.values()];
+    // A new chunk's reference changes go into its row as it is inserted (one statement, not two).
+    // (Nothing is cleared before the transaction: a failed commit leaves the batch as it was.)
+    const rows = pending.map((p) => ({ handle: p.handle, loc: p.loc as ChunkLocation, refs: this.pendingRefs.get(handleKey(p.handle))?.delta ?? 0 }));
+    const refs: { handle: Handle; delta: number }[] = [];
+    for (const [key, r] of this.pendingRefs) if (!this.pending.has(key)) refs.push(r);
     const sealed = this.sealedSinceCommit.splice(0);
     (durable ? this.index.durable.bind(this.index) : this.index.transaction.bind(this.index))(() => {
-      for (const p of pending) this.index.insertChunk(p.handle, p.loc as ChunkLocation, 0);
+      this.index.insertChunks(rows);
       for (const r of refs) if (r.delta !== 0) this.index.addRefs(r.handle, r.delta);
       for (const id of sealed) this.index.markSealed(id);
       extra?.();

@@ -238,6 +238,19 @@ export class IndexDb {
     this.q.live.run(loc.storedLength, loc.container);
   }
 
+  /**
+   * insertChunk for many chunks: the containers' live bytes are added once per container rather
+   * than once per chunk (half the statements of a batch of new chunks).
+   */
+  insertChunks(rows: Iterable<{ handle: Handle; loc: ChunkLocation; refs: number }>): void {
+    const live = new Map<number, number>();
+    for (const { handle, loc, refs } of rows) {
+      this.q.insert.run(handle, loc.container, loc.offset, loc.storedLength, loc.rawLength, loc.codec, loc.kind, refs);
+      live.set(loc.container, (live.get(loc.container) ?? 0) + loc.storedLength);
+    }
+    for (const [container, bytes] of live) this.q.live.run(bytes, container);
+  }
+
   addRefs(handle: Handle, delta: number): void {
     this.q.addRefs.run(delta, handle);
   }
