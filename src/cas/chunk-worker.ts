@@ -17,14 +17,25 @@ parentPort?.on('message', (m: OffloadPiece) => {
       chunker = createChunker(m.mode, m.params);
       streams.set(m.stream, chunker);
     }
-    const chunks = chunker.write(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength));
+    // Chunks are hashed where they lie (in the shared piece or the chunker's buffer): copying each
+    // out, as write() does, cost as much as cutting them.
+    const lengths: number[] = [];
+    const digests: Buffer[] = [];
+    const emit = (c: Buffer) => {
+      lengths.push(c.length);
+      digests.push(hashBytes(c));
+    };
+    const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    if (chunker.scan) chunker.scan(data, emit);
+    else chunker.write(data).forEach(emit);
     if (m.end) {
-      chunks.push(...chunker.end());
+      if (chunker.finish) chunker.finish(emit);
+      else chunker.end().forEach(emit);
       streams.delete(m.stream);
     }
-    const hashes = new Uint8Array(32 * chunks.length);
-    chunks.forEach((c, i) => hashes.set(hashBytes(c), 32 * i));
-    reply = { stream: m.stream, end: m.end, lengths: chunks.map((c) => c.length), hashes };
+    const hashes = new Uint8Array(32 * digests.length);
+    for (let i = 0; i < digests.length; i++) hashes.set(digests[i], 32 * i);
+    reply = { stream: m.stream, end: m.end, lengths, hashes };
     parentPort!.postMessage(reply, [hashes.buffer as ArrayBuffer]);
   } catch (e) {
     streams.delete(m.stream);
