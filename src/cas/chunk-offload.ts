@@ -151,7 +151,8 @@ export class ChunkOffload {
     for (const x of sent) {
       const a = Math.max(from, x.at);
       const b = Math.min(to, x.at + x.data.length);
-      if (a < b) x.data.copy(out, a - from, a - x.at, b - x.at);
+      // fill(), not copy(): copy() out of shared memory goes element by element too.
+      if (a < b) out.fill(x.data.subarray(a - x.at, b - x.at), a - from, b - from);
     }
     return out;
   }
