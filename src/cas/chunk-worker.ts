@@ -8,6 +8,12 @@ import type { OffloadPiece, OffloadReply } from './chunk-offload.js';
 import { hashBytes } from './hash.js';
 
 const streams = new Map<number, Chunker>();
+/**
+ * Each piece is copied out of shared memory before it is cut: V8's loads from a SharedArrayBuffer
+ * are slower in FastCDC's loop, and the memcpy (fill) costs less than the difference (measured
+ * ~280 vs ~400 ms of CDC per 512 MiB). Reused: the chunker keeps nothing of its input after a call.
+ */
+let scratch = Buffer.allocUnsafeSlow(1024 * 1024);
 
 parentPort?.on('message', (m: OffloadPiece) => {
   let reply: OffloadReply;
@@ -25,7 +31,10 @@ parentPort?.on('message', (m: OffloadPiece) => {
       lengths.push(c.length);
       digests.push(hashBytes(c));
     };
-    const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    const shared = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    if (scratch.length < shared.length) scratch = Buffer.allocUnsafeSlow(shared.length);
+    if (shared.length > 0) scratch.fill(shared, 0, shared.length);
+    const data = scratch.subarray(0, shared.length);
     if (chunker.scan) chunker.scan(data, emit);
     else chunker.write(data).forEach(emit);
     if (m.end) {
