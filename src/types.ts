@@ -46,6 +46,13 @@ export interface Chunker {
   write(data: Buffer): Buffer[];
   /** Ends the stream; returns the last chunks (possibly none). */
   end(): Buffer[];
+  /**
+   * write() without copying chunks out: `emit` gets each completed chunk as a view (of `data` or of
+   * the chunker's own buffer) valid only during the call. For callers that only hash the chunks.
+   */
+  scan?(data: Buffer, emit: (chunk: Buffer) => void): void;
+  /** end() the same way as scan(). */
+  finish?(emit: (chunk: Buffer) => void): void;
 }
 
 /** Where one stored chunk lives. `offset` is the payload offset inside the container. */
@@ -267,7 +274,7 @@ export interface Namespace {
    * content may be asynchronous; the returned bytes are verified against their handles.
    */
   read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
-  /** Copies `data` before any asynchronous step (FUSE reuses the buffer). Returns bytes written. */
+  /** Copies `data` before any asynchronous step (it is FUSE's buffer, reused once answered). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;
   flush(fh: number): void | Promise<void>;
   fsync(fh: number, datasync: boolean): void | Promise<void>;

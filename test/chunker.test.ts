@@ -237,3 +237,34 @@ test('createChunker picks the chunker for the mode, with valid defaults', (t) =>
   const fixed = chunkAll(createChunker(Chunking.Fixed, DEFAULT_CHUNKER_PARAMS), data);
   t.deepEqual(fixed.map((c) => c.length), [65536, 65536, 65536, 65536, 37856]);
 });
+
+/** chunkSplit through scan()/finish(): each chunk is copied during emit, as a hashing caller reads it. */
+function scanSplit(chunker: Chunker, data: Buffer, splits: number[]): Buffer[] {
+  const points = [...new Set(splits.map((s) => s % (data.length + 1)))].sort((a, b) => a - b);
+  const out: Buffer[] = [];
+  const emit = (c: Buffer) => out.push(Buffer.from(c));
+  let prev = 0;
+  for (const p of [...points, data.length]) {
+    const piece = Buffer.from(data.subarray(prev, p));
+    chunker.scan!(piece, emit);
+    piece.fill(0xa5);
+    prev = p;
+  }
+  chunker.finish!(emit);
+  return out;
+}
+
+test('scan()/finish() cut exactly as write()/end(), however the input is split (CDC and fixed)', (t) => {
+  fc.assert(
+    fc.property(inputArb, fc.array(fc.nat(), { maxLength: 40 }), ({ seed, length, splits }, splits2) => {
+      const data = pseudoRandomBytes(length, seed);
+      for (const make of [() => createFastCdc(SMALL), () => createFixedChunker(700)]) {
+        const written = chunkSplit(make(), data, splits);
+        const scanned = scanSplit(make(), data, splits2);
+        t.deepEqual(ends(scanned), ends(written));
+        t.true(Buffer.concat(scanned).equals(data));
+      }
+    }),
+    { numRuns: 300 },
+  );
+});

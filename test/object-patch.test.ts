@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { patchObject, type Patch } from '../src/cas/object-patch.js';
 import { hashBytes } from '../src/cas/hash.js';
-import { iterateLeaves } from '../src/cas/object-store.js';
+import { iterateLeaves, ObjectBuilder } from '../src/cas/object-store.js';
 import type { CasStore } from '../src/cas/store.js';
 import { isStrataError } from '../src/errors.js';
 import { ChunkKind, Chunking, type Handle } from '../src/types.js';
@@ -264,4 +264,52 @@ test('bad sizes and offsets are EINVAL', (t) => {
   const { cas } = createTestStore(t, { small: true });
   t.true(isStrataError(t.throws(() => patchObject(cas.objects, null, [], -1)), 'EINVAL'));
   t.true(isStrataError(t.throws(() => patchObject(cas.objects, null, [{ offset: -5, data: Buffer.from('x') }], 10)), 'EINVAL'));
+});
+
+test('appends and patches to a deep object copy unchanged subtrees whole and still equal a full re-chunk', (t) => {
+  // Small chunks: 12 MiB is ~12k leaves, so the base has nodes of two levels below its root to copy whole.
+  const { cas } = createTestStore(t, { small: true });
+  const objects = cas.objects;
+  let ref = pseudoRandomBytes(12 * MiB, 5);
+  let info = objects.writeObject(ref, { chunking: Chunking.Cdc });
+  t.is(objects.node(info.root!).level, 2);
+  const rounds: { patches: Patch[]; size: number }[] = [
+    // Sequential writes, as the mount's flusher stores them: the content so far is unchanged.
+    { patches: [{ offset: ref.length, data: pseudoRandomBytes(MiB, 12) }], size: 13 * MiB },
+    { patches: [{ offset: 13 * MiB, data: pseudoRandomBytes(2 * MiB + 5, 13) }], size: 15 * MiB + 5 },
+    // A change in the middle, one at the start, zeros, and a cut: copying resumes after each.
+    { patches: [{ offset: 7 * MiB + 7, data: pseudoRandomBytes(100, 14) }, { offset: 10, data: Buffer.alloc(50_000) }], size: 15 * MiB + 5 },
+    { patches: [{ offset: 16 * MiB, data: pseudoRandomBytes(4096, 15) }], size: 16 * MiB + 4096 },
+    { patches: [], size: 5 * MiB + 3 },
+  ];
+
+  // Which levels of nodes were copied whole.
+  const copied = new Set<number>();
+  const addNode = ObjectBuilder.prototype.addNode;
+  ObjectBuilder.prototype.addNode = function (this: ObjectBuilder, level: number, handle: Handle, length: number) {
+    copied.add(level);
+    addNode.call(this, level, handle, length);
+  };
+  t.teardown(() => { ObjectBuilder.prototype.addNode = addNode; });
+  for (const round of rounds) {
+    ref = applyPatches(ref, round.patches, round.size);
+    info = patchObject(objects, info.root, round.patches, round.size);
+    const full = objects.writeObject(ref, { chunking: Chunking.Cdc });
+    t.is(info.size, ref.length);
+    t.true(info.root!.equals(full.root!), `round with size ${round.size}: same root as writing it whole`);
+    t.true(objects.readObject(info.root!, 0, ref.length).equals(ref));
+  }
+  t.deepEqual([...copied].sort(), [0, 1], 'nodes of both levels below the root were copied whole');
+});
+
+test('iterateLeaves from an offset starts at the leaf containing it', (t) => {
+  const { cas } = createTestStore(t, { small: true });
+  const data = content(21, 3 * MiB);
+  const { root } = cas.objects.writeObject(data, { chunking: Chunking.Cdc });
+  const all = [...iterateLeaves(cas.objects, root!)];
+  for (const at of [0, 1, all[5].offset, all[5].offset + 1, all[700].offset - 1, 2 * MiB + 17, data.length - 1]) {
+    const i = all.findIndex((l) => l.offset + l.length > at);
+    t.deepEqual([...iterateLeaves(cas.objects, root!, at)].map((l) => l.offset), all.slice(i).map((l) => l.offset), `from ${at}`);
+  }
+  t.deepEqual([...iterateLeaves(cas.objects, root!, data.length)], []);
 });

@@ -33,6 +33,8 @@ export interface ChunkStream {
   pieces(): Iterable<Buffer>;
   /** Receives the next chunk (its bytes are valid during the call only) and its handle. */
   add(chunk: Buffer, handle: Handle): void;
+  /** Called with the handles of the chunks add() receives next, in the same synchronous run (batched lookups). */
+  prefetch?(handles: Handle[]): void;
 }
 
 const SLAB_BYTES = 1024 * 1024;
@@ -91,9 +93,12 @@ export class ChunkOffload {
     };
     const take = (r: OffloadReply) => {
       if (r.error !== undefined) throw this.fail(new Error(r.error));
+      const handles: Handle[] = new Array(r.lengths.length);
+      for (let i = 0; i < handles.length; i++) handles[i] = Buffer.from(r.hashes.buffer, r.hashes.byteOffset + 32 * i, 32);
+      s.prefetch?.(handles);
       for (let i = 0; i < r.lengths.length; i++) {
         const end = consumed + r.lengths[i];
-        s.add(this.bytes(sent, consumed, end), Buffer.from(r.hashes.buffer, r.hashes.byteOffset + 32 * i, 32));
+        s.add(this.bytes(sent, consumed, end), handles[i]);
         consumed = end;
         // Slabs wholly chunked go back to the pool.
         while (sent.length && sent[0].at + sent[0].data.length <= consumed) this.recycle(sent.shift()!.data);
@@ -146,7 +151,8 @@ export class ChunkOffload {
     for (const x of sent) {
       const a = Math.max(from, x.at);
       const b = Math.min(to, x.at + x.data.length);
-      if (a < b) x.data.copy(out, a - from, a - x.at, b - x.at);
+      // fill(), not copy(): copy() out of shared memory goes element by element too.
+      if (a < b) out.fill(x.data.subarray(a - x.at, b - x.at), a - from, b - from);
     }
     return out;
   }

@@ -114,6 +114,12 @@ export class ChunkStore {
   private epoch = 0;
   private readonly watches = new Set<BatchWatch>();
   private readonly locations: LRUCache<string, ChunkLocation>;
+  /**
+   * Chunks prefetch() found missing from the index; valid only until the current synchronous run
+   * ends (a microtask clears it), so nothing can have stored them meanwhile but put() itself.
+   */
+  private readonly absent = new Set<string>();
+  private absentClearQueued = false;
   private readonly data: LRUCache<string, Buffer>;
 
   constructor(
@@ -186,7 +192,7 @@ export class ChunkStore {
       for (const w of this.watches) w.hits.add(key);
       return false;
     }
-    const row = this.index.getChunk(handle);
+    const row = this.absent.delete(key) ? undefined : this.index.getChunk(handle);
     if (row) {
       this.locations.set(key, row);
       for (const w of this.watches) w.hits.add(key);
@@ -210,6 +216,33 @@ export class ChunkStore {
     this.stats.newBytes += raw.length;
     if (this.pendingBytes >= this.opts.commitEveryBytes) this.commit();
     return true;
+  }
+
+  /**
+   * Looks up in one index query the handles about to be put() in this synchronous run (a worker
+   * hashed a run of chunks), so that put() does not query the index once per new chunk. Only what
+   * put() would ask the index about is asked; the answer lasts until the run ends.
+   */
+  prefetch(handles: readonly Handle[]): void {
+    const ask: Handle[] = [];
+    const keys: string[] = [];
+    for (const h of handles) {
+      const key = handleKey(h);
+      if (this.pending.has(key) || this.locations.has(key) || this.absent.has(key)) continue;
+      ask.push(h);
+      keys.push(key);
+    }
+    if (ask.length === 0) return;
+    const present = new Set<string>();
+    for (const h of this.index.presentChunks(ask)) present.add(handleKey(h));
+    for (const key of keys) if (!present.has(key)) this.absent.add(key);
+    if (!this.absentClearQueued) {
+      this.absentClearQueued = true;
+      queueMicrotask(() => {
+        this.absent.clear();
+        this.absentClearQueued = false;
+      });
+    }
   }
 
   private submit(c: ParallelCompressor, p: Pending, raw: Buffer): void {
@@ -307,10 +340,14 @@ export class ChunkStore {
     // nothing left to sync and the thread never blocks on the disk.
     if (!durable && (!this.index.relaxed || this.pending.size > 0)) this.syncContainers();
     const pending = [...this.pending.values()];
-    const refs = [...this.pendingRefs.values()];
+    // A new chunk's reference changes go into its row as it is inserted (one statement, not two).
+    // (Nothing is cleared before the transaction: a failed commit leaves the batch as it was.)
+    const rows = pending.map((p) => ({ handle: p.handle, loc: p.loc as ChunkLocation, refs: this.pendingRefs.get(handleKey(p.handle))?.delta ?? 0 }));
+    const refs: { handle: Handle; delta: number }[] = [];
+    for (const [key, r] of this.pendingRefs) if (!this.pending.has(key)) refs.push(r);
     const sealed = this.sealedSinceCommit.splice(0);
     (durable ? this.index.durable.bind(this.index) : this.index.transaction.bind(this.index))(() => {
-      for (const p of pending) this.index.insertChunk(p.handle, p.loc as ChunkLocation, 0);
+      this.index.insertChunks(rows);
       for (const r of refs) if (r.delta !== 0) this.index.addRefs(r.handle, r.delta);
       for (const id of sealed) this.index.markSealed(id);
       extra?.();
@@ -418,6 +455,7 @@ export class ChunkStore {
   abort(): void {
     this.compressor?.cancelAll();
     this.compressing.clear();
+    this.absent.clear();
     this.epoch++;
     this.writer?.abandon();
     this.writer = null;

@@ -57,6 +57,32 @@ class FixedChunker implements Chunker {
     return out;
   }
 
+  scan(data: Buffer, emit: (chunk: Buffer) => void): void {
+    const size = this.size;
+    let pos = 0;
+    if (this.pendingLength > 0) {
+      const pending = this.pending!;
+      const take = Math.min(size - this.pendingLength, data.length);
+      data.copy(pending, this.pendingLength, 0, take);
+      this.pendingLength += take;
+      pos = take;
+      if (this.pendingLength < size) return;
+      // A view valid during the call: the block buffer is reused for the next partial block.
+      emit(pending);
+      this.pendingLength = 0;
+    }
+    for (; data.length - pos >= size; pos += size) emit(data.subarray(pos, pos + size));
+    if (pos < data.length) {
+      this.pending ??= Buffer.allocUnsafeSlow(size);
+      data.copy(this.pending, 0, pos);
+      this.pendingLength = data.length - pos;
+    }
+  }
+
+  finish(emit: (chunk: Buffer) => void): void {
+    for (const c of this.end()) emit(c);
+  }
+
   end(): Buffer[] {
     const out = this.pendingLength > 0 ? [this.pending!.subarray(0, this.pendingLength)] : [];
     this.pending = null;

@@ -17,7 +17,8 @@ import { Chunking, type ChunkerParams, type Handle, type ObjectInfo } from '../t
 import { createChunker } from './chunker.js';
 import { isHole, nodeSize, ZERO_HANDLE } from './merkle-node.js';
 import type { ChunkStream } from './chunk-offload.js';
-import { iterateLeaves, type Leaf, type ObjectBuilder, type ObjectStore } from './object-store.js';
+import { closesNode, iterateLeaves, type Leaf, type ObjectBuilder, type ObjectStore } from './object-store.js';
+import { childAt } from './merkle-node.js';
 
 export interface Patch {
   offset: number;
@@ -75,6 +76,7 @@ class Patcher {
   private readonly builder: ObjectBuilder;
   private readonly zeroChunk: number;
   private readonly zeros: Buffer;
+  private readonly base: Handle | null;
   private lastLeaf: Leaf | null = null;
   private lastData: Buffer = Buffer.alloc(0);
   /** Whether to offer the caller the tail as a stream (until it declines one). */
@@ -89,7 +91,8 @@ class Patcher {
     private readonly mode: Chunking,
     private readonly resync: boolean,
   ) {
-    this.leaves = new LeafWindow(base ? iterateLeaves(objects, base) : null);
+    this.base = base;
+    this.leaves = new LeafWindow(base ? (from) => iterateLeaves(objects, base, from) : null);
     // The base's leaves double as the temporal check for re-chunked chunks.
     this.builder = objects.builder(mode, (offset) => (offset < oldSize ? this.leaves.at(offset) : undefined));
     this.zeroChunk = zeroChunkLength(mode, objects.params);
@@ -111,8 +114,15 @@ class Patcher {
         this.addHole(to - pos);
         pos = to;
       } else {
-        const leaf = this.copyable(pos);
-        if (leaf) {
+        const node = this.copyableNode(pos);
+        const leaf = node ? undefined : this.copyable(pos);
+        if (node) {
+          // A whole unchanged subtree: what adding its leaves one by one would rebuild, unread.
+          this.builder.addNode(node.level, node.handle, node.length);
+          pos += node.length;
+          this.leaves.skipTo(pos);
+          if (++copied % LEAVES_PER_STEP === 0) yield;
+        } else if (leaf) {
           this.builder.add(leaf.handle, leaf.length);
           pos += leaf.length;
           if (++copied % LEAVES_PER_STEP === 0) yield;
@@ -188,6 +198,7 @@ class Patcher {
         }
       },
       add: (chunk, handle) => this.builder.addHashedChunk(chunk, handle),
+      prefetch: (handles) => this.objects.chunks.prefetch(handles),
     };
   }
 
@@ -207,6 +218,37 @@ class Patcher {
     // stream still ends there.
     if (end === this.oldSize && end !== this.newSize) return undefined;
     return leaf;
+  }
+
+  /**
+   * The largest node of the base starting at `pos` whose leaves the new object keeps as they are
+   * (the bytes it covers are unchanged and the new chunking cuts at `pos`, so it cuts as the old one
+   * did, see copyable()) and which the builder, having nothing below that node's level, closes
+   * exactly as the base's builder did: a closed node, not the last of its level. Copying it whole
+   * keeps each flush from walking (and re-hashing the nodes of) all the content before the change.
+   */
+  private copyableNode(pos: number): { level: number; handle: Handle; length: number } | undefined {
+    if (!this.resync || !this.base || pos >= this.oldSize) return undefined;
+    const empty = this.builder.emptyLevels;
+    if (empty === 0) return undefined;
+    let node = this.objects.node(this.base);
+    let base = 0;
+    while (node.level > 0) {
+      const i = childAt(node, pos - base);
+      const start = base + node.starts[i];
+      const h = node.handles[i];
+      if (isHole(h)) return undefined;
+      const level = node.level - 1;
+      const end = start + node.lengths[i];
+      const child = this.objects.node(h);
+      if (start === pos && level < empty && end <= this.newSize && (end < this.oldSize || end === this.newSize)
+        && !this.dirty.overlaps(pos, end) && closesNode(child.handles)) {
+        return { level, handle: h, length: node.lengths[i] };
+      }
+      node = child;
+      base = start;
+    }
+    return undefined;
   }
 
   /** End of the run of zeros starting at `pos` that is known without reading: holes, past the old end. */
@@ -348,8 +390,24 @@ function mergeSorted(a: Segment[], b: Segment[]): Segment[] {
 class LeafWindow {
   private buf: Leaf[] = [];
   private head = 0;
+  private it: Iterator<Leaf> | null;
 
-  constructor(private readonly it: Iterator<Leaf> | null) {}
+  /** `from(offset)` iterates the base's leaves from the one containing offset. */
+  constructor(private readonly from: ((offset: number) => Iterator<Leaf>) | null) {
+    this.it = from ? from(0) : null;
+  }
+
+  /** No lookup will go below `offset` any more, and the leaves before it need not be read. */
+  skipTo(offset: number): void {
+    const last = this.buf[this.buf.length - 1];
+    if (!this.from || (last && last.offset + last.length > offset)) {
+      this.release(offset);
+      return;
+    }
+    this.buf = [];
+    this.head = 0;
+    this.it = this.from(offset);
+  }
 
   /** The leaf containing `offset`, or undefined past the base's end. */
   at(offset: number): Leaf | undefined {

@@ -54,6 +54,14 @@ export interface Leaf {
 /** The predecessor's leaf containing `offset`, or undefined; called with increasing offsets. */
 export type LeafLookup = (offset: number) => Leaf | undefined;
 
+/** Whether a node's entries end where the builder closes a node (a boundary child, or the most it holds). */
+export function closesNode(handles: readonly Handle[]): boolean {
+  const n = handles.length;
+  if (n >= NODE_MAX) return true;
+  const last = handles[n - 1];
+  return n >= NODE_MIN && !isHole(last) && (last.readUInt16LE(30) & SPLIT_MASK) === 0;
+}
+
 /** Builds one object bottom-up as leaves arrive; `size` is the offset of the next leaf. */
 export class ObjectBuilder {
   private readonly levels: { handles: Handle[]; lengths: number[] }[] = [];
@@ -79,7 +87,8 @@ export class ObjectBuilder {
   /** addChunk with the chunk's BLAKE3 already computed (by a worker), or null to compute it here. */
   addHashedChunk(chunk: Buffer, hash: Handle | null): void {
     const len = chunk.length;
-    if (this.zeros.subarray(0, len).equals(chunk)) {
+    // Most chunks differ from zeros in their first or last byte: no view nor native compare for them.
+    if ((len === 0 || (chunk[0] === 0 && chunk[len - 1] === 0)) && this.zeros.subarray(0, len).equals(chunk)) {
       this.chunks.noteZero(len);
       this.add(ZERO_HANDLE, len);
       return;
@@ -100,6 +109,28 @@ export class ObjectBuilder {
     this.push(0, handle, length);
   }
 
+  /**
+   * How many levels from the bottom hold no entries: a stored node of a lower level may be added
+   * whole (addNode) exactly where the builder would have closed the same node itself.
+   */
+  get emptyLevels(): number {
+    let k = 0;
+    while (k < this.levels.length && this.levels[k].handles.length === 0) k++;
+    return k === this.levels.length ? Infinity : k;
+  }
+
+  /**
+   * Appends a stored node of `level` (0: its children are leaves) covering `length` bytes, as
+   * adding its leaves one by one would: only when levels 0..level are empty (emptyLevels > level)
+   * and the node was closed by the split rule (closesNode), not by the end of its object.
+   */
+  addNode(level: number, handle: Handle, length: number): void {
+    if (this.emptyLevels <= level) throw new Error(`addNode at level ${level} with entries below it`);
+    for (let l = 0; l <= level; l++) this.levels[l] ??= { handles: [], lengths: [] };
+    this.size += length;
+    this.push(level + 1, handle, length);
+  }
+
   private push(level: number, handle: Handle, length: number): void {
     const l = (this.levels[level] ??= { handles: [], lengths: [] });
     const n = l.handles.length;
@@ -110,8 +141,7 @@ export class ObjectBuilder {
     }
     l.handles.push(handle);
     l.lengths.push(length);
-    const boundary = !isHole(handle) && (handle.readUInt16LE(30) & SPLIT_MASK) === 0;
-    if ((boundary && l.handles.length >= NODE_MIN) || l.handles.length >= NODE_MAX) this.flush(level);
+    if (closesNode(l.handles)) this.flush(level);
   }
 
   private flush(level: number): void {
@@ -144,9 +174,23 @@ export class ObjectBuilder {
   }
 }
 
-/** Walks an object's leaves in order, lazily (used as the predecessor cursor). */
-export function* iterateLeaves(objects: ObjectStore, root: Handle): Generator<Leaf> {
-  const stack: { node: MerkleNode; i: number; base: number }[] = [{ node: objects.node(root), i: 0, base: 0 }];
+/** Walks an object's leaves in order, lazily (used as the predecessor cursor), from the leaf containing `from`. */
+export function* iterateLeaves(objects: ObjectStore, root: Handle, from = 0): Generator<Leaf> {
+  const stack: { node: MerkleNode; i: number; base: number }[] = [];
+  const top = objects.node(root);
+  if (from >= nodeSize(top) && from > 0) return;
+  // Descend straight to `from`: the nodes before it are not read.
+  for (let node = top, base = 0; ;) {
+    const i = from > base && from < base + nodeSize(node) ? childAt(node, from - base) : 0;
+    const h = node.handles[i];
+    if (node.level === 0 || h === undefined || isHole(h) || from <= base) {
+      stack.push({ node, i, base });
+      break;
+    }
+    stack.push({ node, i: i + 1, base });
+    base += node.starts[i];
+    node = objects.node(h);
+  }
   while (stack.length) {
     const top = stack[stack.length - 1];
     if (top.i >= top.node.handles.length) { stack.pop(); continue; }

@@ -480,13 +480,13 @@ export class StrataFs implements Namespace {
   write(fh: number, data: Buffer, offset: number): number | Promise<number> {
     const h = this.handle(fh);
     if (h.kind !== 'live') throw new StrataError('EBADF', 'not open for writing');
-    const i = this.live.get(h.ino);
-    const b = this.buffer(i);
+    // An open file with writes has its buffer: no inode row to read (an index query per write).
+    const b = this.buffers.get(h.ino) ?? this.buffer(this.live.get(h.ino));
     const at = h.flags & O_APPEND ? b.size : offset;
     b.write(at, data);
     b.mtimeUs = nowUs();
     if (b.dirtyBytes >= FLUSH_BYTES) {
-      this.scheduleFlush(i.ino);
+      this.scheduleFlush(h.ino);
       // Writing faster than the flusher stores: wait for its batch, so memory stays bounded
       // (FLUSH_BYTES being stored, up to twice that buffered).
       if (b.flushing && b.dirtyBytes >= 2 * FLUSH_BYTES && this.batch) return this.batch.then(() => data.length);

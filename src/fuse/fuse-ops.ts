@@ -7,7 +7,8 @@
 //   with times as Date or milliseconds; it converts to timespec at millisecond precision and keeps
 //   ino in 32 bits (st_ino reaches applications only with the `use_ino` mount option).
 // - read/write answer with the byte count in the error slot; their `buf` is libfuse's memory and is
-//   detached once answered, so a write buffer is copied before the Namespace sees it.
+//   detached once answered: Namespace.write copies what it keeps before answering, so the handler
+//   passes a view of it (copying here as well cost a second memcpy and a 128 KiB buffer per write).
 // - create gets the mode but not the open flags, and no handler gets the caller's uid/gid
 //   (fuse_get_context is not exposed): new files belong to the daemon's user.
 // - utimens gets milliseconds computed from timespecs, which folds UTIME_NOW and UTIME_OMIT
@@ -171,8 +172,8 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
       serve('read', path, cb, () => ns.read(fd, pos, len), (data) => [data.copy(buf, 0, 0, Math.min(len, data.length))]);
     },
     write(path, fd, buf, len, pos, cb) {
-      // fuse-native hands us libfuse's own buffer, which it detaches once answered.
-      const data = Buffer.from(buf.subarray(0, len));
+      // libfuse's own buffer, valid until answered; Namespace.write copies it (see above).
+      const data = buf.subarray(0, len);
       serve('write', path, cb, () => ns.write(fd, data, pos), (n) => [n]);
     },
     flush(path, fd, cb) {
