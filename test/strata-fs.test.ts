@@ -127,3 +127,26 @@ test('an index rebuilt from containers keeps the live tree and its head', async 
   t.is(g.head, s.id);
   t.is((await g.snapshot('after')).parent, s.id);
 });
+
+test('a time set while the file is being flushed in the background wins over its writes\' time (cp -p, rsync -t)', async (t) => {
+  const { cas } = createTestStore(t);
+  const f = StrataFs.open(cas);
+  const past = Date.UTC(2020, 0, 2, 3, 4, 5, 678);
+  for (const [i, when] of (['before', 'during'] as const).entries()) {
+    const path = `/live/${when}.bin`;
+    const fh = f.create(path, 0o644, O_RDWR, 0, 0) as number;
+    f.write(fh, pseudoRandomBytes(1_000_000, 10 + i), 0);
+    if (when === 'before') f.utimens(path, past, past);
+    f.release(fh); // the flusher takes the file's writes at once, then yields
+    if (when === 'during') f.utimens(path, past, past);
+    await f.flushAll(false);
+    t.is((f.getattr(path) as { mtimeMs: number }).mtimeMs, past, `time set ${when} the flush`);
+  }
+  // A write after the time was set is a newer change: its time counts again.
+  const fh = f.open('/live/during.bin', O_RDWR) as number;
+  f.write(fh, Buffer.from('later'), 0);
+  f.release(fh);
+  await f.flushAll(false);
+  t.true((f.getattr('/live/during.bin') as { mtimeMs: number }).mtimeMs > past);
+  await f.close();
+});

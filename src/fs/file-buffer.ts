@@ -51,6 +51,8 @@ export class FileBuffer {
   truncatedTo: number | null = null;
   /** The flush in progress, if any: its writes are no longer in `extents` nor stored yet. */
   flushing: FlushJob | null = null;
+  /** The flush that was running when an explicit mtime was set (utimens): it must not store its write time over it. */
+  private timeSetDuring: FlushJob | null = null;
   /** Why the last background flush failed; reported (and cleared) by the next flush, fsync or close. */
   error: Error | null = null;
   /** Flushes begun so far; a flush's number is the value after its beginFlush(). */
@@ -179,10 +181,22 @@ export class FileBuffer {
     return job;
   }
 
+  /** utimens set the mtime explicitly: it wins over the time of the writes made before it, flushing or not. */
+  timeSet(): void {
+    this.mtimeUs = undefined;
+    if (this.flushing) this.timeSetDuring = this.flushing;
+  }
+
+  /** The mtime the flush of `job` stores with its content (undefined: leave the inode's). */
+  mtimeToStore(job: FlushJob): number | undefined {
+    return this.timeSetDuring === job ? undefined : job.mtimeUs;
+  }
+
   /** The flush stored `job` as `base`: that is the stored content now. */
   endFlush(job: FlushJob, base: Handle | null): void {
     if (this.flushing !== job) throw new Error('ending a flush that is not running');
     this.flushing = null;
+    this.timeSetDuring = null;
     this.lastFlushEnded = this.flushesBegun;
     // Nothing refers to the job's bytes any more: reads copied them out, the chunkers copied what they kept.
     for (const slab of job.slabs) if (spareSlabs.length < MAX_SPARE_SLABS) spareSlabs.push(slab);
@@ -194,6 +208,7 @@ export class FileBuffer {
   /** The flush of `job` failed: its writes become unflushed again, under the ones made since. */
   abortFlush(job: FlushJob): void {
     if (this.flushing !== job) throw new Error('aborting a flush that is not running');
+    this.timeSetDuring = null; // the job's writes are unflushed again, and mtimeUs says whether a time was set since
     const later = this.extents;
     const laterCut = this.truncatedTo;
     const size = this.size;

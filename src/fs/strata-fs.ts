@@ -684,7 +684,7 @@ export class StrataFs implements Namespace {
     const parts = this.livePath(path);
     const i = this.resolve(parts);
     const b = this.buffers.get(i.ino);
-    if (b && mtimeMs !== undefined) b.mtimeUs = undefined; // an explicit time wins over the pending write time
+    if (b && mtimeMs !== undefined) b.timeSet(); // an explicit time wins over the pending (or flushing) writes' time
     this.changeMeta(path, {
       atimeUs: atimeMs === undefined ? undefined : Math.round(atimeMs * 1000),
       mtimeUs: mtimeMs === undefined ? undefined : Math.round(mtimeMs * 1000),
@@ -850,7 +850,8 @@ export class StrataFs implements Namespace {
     if (this.buffers.get(s.ino) !== s.b) return;
     const inode = this.live.get(s.ino);
     this.live.setContent(s.ino, inode.content, s.root);
-    this.live.update(s.ino, { size: s.size, mtimeUs: s.job.mtimeUs, ctimeUs: s.job.mtimeUs });
+    const t = s.b.mtimeToStore(s.job);
+    this.live.update(s.ino, { size: s.size, mtimeUs: t, ctimeUs: t });
     this.live.invalidateParentsOf(s.ino);
   }
 
