@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import type { BlobAppender, BlobStore } from '../types.js';
+import { AsyncFds } from './async-fd.js';
 import { StrataError, invalid, notFound } from '../errors.js';
 
 const DEFAULT_MAX_OPEN_READERS = 64;
@@ -24,8 +25,7 @@ export class LocalBlobStore implements BlobStore {
    * when its last read is done: closing it earlier could let the number be reused by another open
    * and the read land in the wrong file.
    */
-  private readonly busy = new Map<number, number>();
-  private readonly closeWhenIdle = new Set<number>();
+  private readonly asyncFds = new AsyncFds();
 
   /** Uses (and creates if needed) the directory `root`. */
   constructor(root: string, opts: LocalBlobStoreOptions = {}) {
@@ -64,26 +64,9 @@ export class LocalBlobStore implements BlobStore {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw invalid(`blob ${name}: bad range offset=${offset} length=${length}`);
     }
-    const fd = this.readerFd(name);
-    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    try {
-      while (got < length) {
-        const { bytesRead } = await readAt(fd, buf, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-    } finally {
-      const n = (this.busy.get(fd) ?? 1) - 1;
-      if (n > 0) this.busy.set(fd, n);
-      else {
-        this.busy.delete(fd);
-        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
-      }
-    }
-    if (got < length) {
-      throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${got} there`);
+    const buf = await this.asyncFds.read(this.readerFd(name), offset, length);
+    if (buf.length < length) {
+      throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${buf.length} there`);
     }
     return buf;
   }
@@ -150,8 +133,7 @@ export class LocalBlobStore implements BlobStore {
   }
 
   private closeFd(fd: number): void {
-    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
-    else fs.closeSync(fd);
+    this.asyncFds.close(fd);
   }
 
   private readerFd(name: string): number {
@@ -281,12 +263,6 @@ class LocalBlobAppender implements BlobAppender {
     if (this.fd === null) throw invalid(`blob ${this.name} is closed`);
     return this.fd;
   }
-}
-
-function readAt(fd: number, buf: Buffer, at: number, length: number, position: number): Promise<{ bytesRead: number }> {
-  return new Promise((resolve, reject) => {
-    fs.read(fd, buf, at, length, position, (err, bytesRead) => (err ? reject(err) : resolve({ bytesRead })));
-  });
 }
 
 function bucketOf(name: string): string {

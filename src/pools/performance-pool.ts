@@ -7,6 +7,7 @@ import { handleHex, handleKey, hashBytes } from '../cas/hash.js';
 import { childAt, isHole } from '../cas/merkle-node.js';
 import type { ObjectStore } from '../cas/object-store.js';
 import type { CasStore } from '../cas/store.js';
+import { AsyncFds } from '../cas/async-fd.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
 import type { Handle, SnapshotInfo, TreeEntry } from '../types.js';
@@ -78,8 +79,7 @@ export class PerformancePool {
   private readonly verified = new Map<string, Set<number>>();
   private readonly fds = new Map<string, number>();
   /** Native reads in flight per fd, and fds to close once theirs are done. */
-  private readonly busy = new Map<number, number>();
-  private readonly closeWhenIdle = new Set<number>();
+  private readonly asyncFds = new AsyncFds();
   private queue: Promise<unknown> = Promise.resolve();
   /** Grows whenever the set of held snapshots may have changed, so callers can cache snapshots(). */
   generation = 0;
@@ -323,7 +323,7 @@ export class PerformancePool {
     // Whole leaves when some still need their check, else just the range asked for.
     const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
     const to = unseen.length ? Math.max(end, unseen[unseen.length - 1].offset + unseen[unseen.length - 1].length) : end;
-    const b = await this.readNative(fd, from, to - from);
+    const b = await this.asyncFds.read(fd, from, to - from);
     for (const leaf of unseen) {
       const data = b.subarray(leaf.offset - from, leaf.offset - from + leaf.length);
       if (data.length !== leaf.length || !hashBytes(data).equals(leaf.handle)) {
@@ -337,28 +337,6 @@ export class PerformancePool {
     }
     if (b.length < end - from) return null; // shorter than the object says: not a copy to trust
     return b.subarray(offset - from, end - from);
-  }
-
-  /** Reads on the I/O pool; the fd stays open until its last read is done (see closeFd). */
-  private async readNative(fd: number, offset: number, length: number): Promise<Buffer> {
-    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
-    const out = Buffer.allocUnsafe(length);
-    let got = 0;
-    try {
-      while (got < length) {
-        const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
-        if (n <= 0) break;
-        got += n;
-      }
-    } finally {
-      const n = (this.busy.get(fd) ?? 1) - 1;
-      if (n > 0) this.busy.set(fd, n);
-      else {
-        this.busy.delete(fd);
-        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
-      }
-    }
-    return got === length ? out : out.subarray(0, got);
   }
 
   private retire(root: Handle): void {
@@ -376,8 +354,7 @@ export class PerformancePool {
 
   /** Closes an fd, or marks it to close after its reads in flight: a reused number could serve another file. */
   private closeNow(fd: number): void {
-    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
-    else fs.closeSync(fd);
+    this.asyncFds.close(fd);
   }
 
   close(): void {

@@ -1,0 +1,38 @@
+import fs from 'node:fs';
+
+// Reads on libuv's pool with descriptors that outlive their closing: a descriptor closed while a
+// read of it is still queued could be reused for another file by the time the read runs, so
+// closing waits (without blocking) for the reads in flight on it.
+
+export class AsyncFds {
+  private readonly busy = new Map<number, number>();
+  private readonly closeWhenIdle = new Set<number>();
+
+  /** Reads `length` bytes at `offset`; shorter only where the file ends. */
+  async read(fd: number, offset: number, length: number): Promise<Buffer> {
+    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
+    const out = Buffer.allocUnsafe(length);
+    let got = 0;
+    try {
+      while (got < length) {
+        const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
+        if (n <= 0) break;
+        got += n;
+      }
+    } finally {
+      const n = (this.busy.get(fd) ?? 1) - 1;
+      if (n > 0) this.busy.set(fd, n);
+      else {
+        this.busy.delete(fd);
+        if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
+      }
+    }
+    return got === length ? out : out.subarray(0, got);
+  }
+
+  /** Closes `fd` now, or once its reads in flight are done. */
+  close(fd: number): void {
+    if (this.busy.has(fd)) this.closeWhenIdle.add(fd);
+    else fs.closeSync(fd);
+  }
+}
