@@ -28,32 +28,10 @@ class FixedChunker implements Chunker {
     this.size = size;
   }
 
+  /** The chunks `data` completes, each a copy of its own (the caller may reuse `data`). */
   write(data: Buffer): Buffer[] {
     const out: Buffer[] = [];
-    const size = this.size;
-    let pos = 0;
-    if (this.pendingLength > 0) {
-      const pending = this.pending!;
-      const take = Math.min(size - this.pendingLength, data.length);
-      data.copy(pending, this.pendingLength, 0, take);
-      this.pendingLength += take;
-      pos = take;
-      if (this.pendingLength < size) return out;
-      out.push(pending);
-      this.pending = null;
-      this.pendingLength = 0;
-    }
-    // Whole blocks are copied out of the caller's buffer once, so the caller may reuse it.
-    for (; data.length - pos >= size; pos += size) {
-      const block = Buffer.allocUnsafe(size);
-      data.copy(block, 0, pos, pos + size);
-      out.push(block);
-    }
-    if (pos < data.length) {
-      this.pending = Buffer.allocUnsafeSlow(size);
-      data.copy(this.pending, 0, pos);
-      this.pendingLength = data.length - pos;
-    }
+    this.scan(data, (c) => out.push(Buffer.from(c)));
     return out;
   }
 
