@@ -22,7 +22,7 @@ function newStore(t: Parameters<typeof tmpDir>[0]): { base: string; store: strin
 test('import then restore of a real tree is byte- and metadata-identical', (t) => {
   const { base, store } = newStore(t);
   const src = path.join(base, 'src');
-  buildHostTree(src, canMknod(base));
+  buildHostTree(src, { withDevice: canMknod(base) });
   const before = snapshotHostTree(src);
   const imp = strataJson(store, 'import', src, '--name', 'one');
   t.is(imp.name, 'one');
@@ -239,7 +239,7 @@ test('a flipped byte in a container is detected, naming the snapshot and path, n
 test('an index rebuilt from containers alone answers the same', (t) => {
   const { base, store } = newStore(t);
   const src = path.join(base, 'src');
-  buildHostTree(src, false);
+  buildHostTree(src);
   strata(store, 'import', src, '--name', 'r1');
   fs.writeFileSync(path.join(src, 'a/random.bin'), pseudoRandomBytes(500_000, 8));
   strata(store, 'import', src, '--name', 'r2');

@@ -20,7 +20,7 @@ test('import then restore reproduces a host tree with all its metadata', (t) => 
   const base = tmpDir(t);
   const src = path.join(base, 'src');
   const withDevice = canMknod(base);
-  buildHostTree(src, withDevice);
+  buildHostTree(src, { withDevice });
   const before = snapshotHostTree(src);
 
   const store = new MemoryObjects();

@@ -13,11 +13,11 @@ import { compressChunk } from '../src/cas/codec.js';
 import { Codec } from '../src/types.js';
 import { STRATA } from './helpers/cli.js';
 import { sh } from './helpers/mounted-store.js';
-import { MiB } from './helpers/fixture-tree.js';
+import { buildHostTree, MiB } from './helpers/fixture-tree.js';
 import { pseudoRandomBytes, tmpDir } from './helpers/tmp.js';
 import { assertSameTree, snapshotHostTree } from './helpers/tree-compare.js';
 import {
-  buildMountableTree, containerBytes, containerFiles, copyTree, mountPeer, run, runJson, runOk, sleep, snapshotsOf, startServe, waitFor, type SendReport,
+  containerBytes, containerFiles, copyTree, mountPeer, run, runJson, runOk, sleep, snapshotsOf, startServe, waitFor, type SendReport,
 } from './helpers/replication.js';
 
 const zstdOf = (raw: Buffer) => {
@@ -36,7 +36,7 @@ test.serial('a tree and an ext4 image replicate over TCP between two mounts; a s
   t.regex(b.address, /^127\.0\.0\.1:\d+$/);
 
   const src = path.join(base, 'src');
-  buildMountableTree(src);
+  buildHostTree(src, { mountable: true });
   const imgSrc = path.join(base, 'imgsrc');
   fs.mkdirSync(path.join(imgSrc, 'sub'), { recursive: true });
   fs.writeFileSync(path.join(imgSrc, 'sub/data.bin'), pseudoRandomBytes(6 * MiB, 3));
@@ -151,7 +151,7 @@ test.serial('over a Unix socket to `strata serve`: --branch sends the line, --al
   t.is(fs.statSync(sock).mode & 0o777, 0o600);
 
   const src = path.join(base, 'src');
-  buildMountableTree(src);
+  buildHostTree(src, { mountable: true });
   copyTree(src, path.join(a.live, 'tree'));
   const imgSrc = path.join(base, 'imgsrc');
   fs.mkdirSync(imgSrc);

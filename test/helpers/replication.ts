@@ -8,9 +8,9 @@ import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { isMounted, unmountQuietly } from '../../src/fuse/mount-options.js';
 import { STRATA, type CliResult } from './cli.js';
-import { MiB, P, S, setTimes, isRoot } from './fixture-tree.js';
+import { isRoot } from './fixture-tree.js';
 import { utimeArg } from '../../src/host/restore-tree.js';
-import { pseudoRandomBytes, tmpDir } from './tmp.js';
+import { tmpDir } from './tmp.js';
 import * as xattr from 'fs-xattr';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -272,58 +272,6 @@ export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
-  }
-}
-
-/**
- * A host tree of what a FUSE mount can hold and Strata keeps: nested directories, small and large
- * files (random, compressible, empty), names with spaces and newlines and UTF-8, symlinks (also
- * dangling), hard links, a sparse file, xattrs, setuid and private modes, another owner (as root),
- * and varied times. No non-UTF-8 names (unreachable through fuse-native).
- */
-export function buildMountableTree(root: string): void {
-  const r = Buffer.from(root);
-  fs.mkdirSync(root, { mode: 0o755 });
-  fs.mkdirSync(P(r, 'a/b/c'), { recursive: true });
-  fs.writeFileSync(P(r, 'a/b/c/deep.txt'), 'deep content\n');
-  fs.writeFileSync(P(r, 'a/random.bin'), pseudoRandomBytes(300 * 1024, 7));
-  fs.writeFileSync(P(r, 'a/big-random.bin'), pseudoRandomBytes(3 * MiB + 12345, 11));
-  fs.writeFileSync(P(r, 'a/text.txt'), Array.from({ length: 20000 }, (_, i) => `line ${i} of a compressible text file\n`).join(''));
-  fs.mkdirSync(P(r, 'empty-dir'));
-  fs.writeFileSync(P(r, 'with space.txt'), 'spaces in the name\n');
-  fs.writeFileSync(P(r, 'new\nline'), 'newline in the name\n');
-  fs.writeFileSync(P(r, 'ünïcødé-名前.txt'), 'a UTF-8 name\n');
-  fs.symlinkSync('with space.txt', P(r, 'link'));
-  fs.symlinkSync('nowhere/at/all', P(r, 'dangling'));
-  fs.symlinkSync('../a/b/c', P(r, 'empty-dir-link'));
-  fs.writeFileSync(P(r, 'hard-a'), 'two names, one inode\n');
-  fs.linkSync(P(r, 'hard-a'), P(r, 'a/hard-b'));
-  const sfd = fs.openSync(P(r, 'sparse.img'), 'w');
-  fs.ftruncateSync(sfd, 8 * MiB);
-  fs.writeSync(sfd, Buffer.from('a few bytes in the middle'), 0, 25, 4 * MiB + 123);
-  fs.closeSync(sfd);
-  fs.writeFileSync(P(r, 'empty.txt'), '');
-  fs.writeFileSync(P(r, 'xattr-file'), 'has xattrs\n');
-  xattr.setAttributeSync(path.join(root, 'xattr-file'), 'user.comment', 'hello');
-  xattr.setAttributeSync(path.join(root, 'xattr-file'), 'user.binary', Buffer.from([0, 1, 2, 0xff]));
-  fs.mkdirSync(P(r, 'xattr-dir'));
-  xattr.setAttributeSync(path.join(root, 'xattr-dir'), 'user.dirattr', 'on a directory');
-  fs.writeFileSync(P(r, 'setuid'), '#!/bin/sh\n');
-  fs.chmodSync(P(r, 'setuid'), 0o4755);
-  fs.mkdirSync(P(r, 'private'));
-  fs.writeFileSync(P(r, 'private/secret'), 'secret\n');
-  fs.chmodSync(P(r, 'private/secret'), 0o600);
-  fs.chmodSync(P(r, 'private'), 0o700);
-  fs.writeFileSync(P(r, 'owned'), 'owned by 1234\n');
-  if (isRoot) fs.chownSync(P(r, 'owned'), 1234, 1234);
-  setTimes(P(r, 'a/b/c/deep.txt'), 1_000_000_000n * S + 111n, 1_000_000_000n * S + 123_456_789n);
-  setTimes(P(r, 'owned'), 1_600_000_000n * S, 1_200_000_000n * S + 250_000_000n);
-  setTimes(P(r, 'sparse.img'), 2_000_000_000n * S, 1_700_000_000n * S + 999_999_000n);
-  setTimes(P(r, 'link'), 1_500_000_000n * S, 1_500_000_001n * S + 5000n);
-  let tm = 1_650_000_000n;
-  for (const d of ['a/b/c', 'a/b', 'a', 'empty-dir', 'private', 'xattr-dir', '.']) {
-    setTimes(P(r, d), (tm + 1n) * S, tm * S + 42_000n);
-    tm += 1000n;
   }
 }
 
