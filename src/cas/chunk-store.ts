@@ -106,10 +106,13 @@ export class ChunkStore {
   private readonly pendingRefs = new Map<string, { handle: Handle; delta: number }>();
   private readonly sealedSinceCommit: number[] = [];
   private pendingBytes = 0;
-  /** The open container has appends not fsynced yet (sealed ones are fsynced when sealed). */
-  private unsynced = false;
-  /** Appends to containers so far (tells syncContainersAsync whether more came while it waited). */
+  /** Appends to containers so far, and how many of them are fsynced (sealing fsyncs, too). */
   private appends = 0;
+  private syncedAppends = 0;
+  /** The open container has appends not fsynced yet. */
+  private get unsynced(): boolean {
+    return this.appends !== this.syncedAppends;
+  }
   /** Bumped by abort(): pending chunks of an earlier epoch are gone. */
   private epoch = 0;
   private readonly watches = new Set<BatchWatch>();
@@ -308,7 +311,6 @@ export class ChunkStore {
       rawLength: rec.rawLength, codec: rec.codec, kind: rec.kind,
     };
     p.raw = null;
-    this.unsynced = true;
     this.appends++;
     this.stats.storedBytes += payload.length;
     this.pendingBytes += payload.length;
@@ -373,7 +375,7 @@ export class ChunkStore {
       this.abort();
       throw e;
     }
-    if (this.writer === w && this.appends === seq) this.unsynced = false;
+    if (this.writer === w) this.syncedAppends = Math.max(this.syncedAppends, seq);
   }
 
   /** Fsyncs container bytes appended since the last fsync (the open container's; sealing fsyncs). */
@@ -385,7 +387,7 @@ export class ChunkStore {
       this.abort();
       throw e;
     }
-    this.unsynced = false;
+    this.syncedAppends = this.appends;
   }
 
   /** Chunks put but whose compression has not come back yet: all of them, or only what is ready (wait=false). */
@@ -459,7 +461,7 @@ export class ChunkStore {
     this.epoch++;
     this.writer?.abandon();
     this.writer = null;
-    this.unsynced = false;
+    this.syncedAppends = this.appends;
     this.pending.clear();
     this.pendingRefs.clear();
     this.pendingBytes = 0;
@@ -508,7 +510,6 @@ export class ChunkStore {
     const w = this.currentWriter();
     const rec = w.append(handle, loc.kind, loc.codec, loc.rawLength, payload);
     const out = { ...loc, container: rec.container, offset: rec.offset };
-    this.unsynced = true;
     this.appends++;
     if (w.size >= this.opts.containerSize) this.sealCurrent();
     return out;
@@ -545,7 +546,7 @@ export class ChunkStore {
   private sealCurrent(): void {
     if (!this.writer) return;
     this.writer.seal(); // fsyncs it
-    this.unsynced = false;
+    this.syncedAppends = this.appends;
     this.sealedSinceCommit.push(this.writer.id);
     this.writer = null;
   }
