@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 
-// Reads on libuv's pool with descriptors that outlive their closing: a descriptor closed while a
-// read of it is still queued could be reused for another file by the time the read runs, so
+// Reads and fsyncs on libuv's pool with descriptors that outlive their closing: a descriptor closed
+// while a read or fsync of it is still queued could be reused for another file by the time the read runs, so
 // closing waits (without blocking) for the reads in flight on it.
 
 export class AsyncFds {
@@ -9,16 +9,29 @@ export class AsyncFds {
   private readonly closeWhenIdle = new Set<number>();
 
   /** Reads `length` bytes at `offset`; shorter only where the file ends. */
-  async read(fd: number, offset: number, length: number): Promise<Buffer> {
-    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
-    const out = Buffer.allocUnsafe(length);
-    let got = 0;
-    try {
+  read(fd: number, offset: number, length: number): Promise<Buffer> {
+    return this.use(fd, async () => {
+      const out = Buffer.allocUnsafe(length);
+      let got = 0;
       while (got < length) {
         const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
         if (n <= 0) break;
         got += n;
       }
+      return got === length ? out : out.subarray(0, got);
+    });
+  }
+
+  /** fsync(2) of `fd`. */
+  fsync(fd: number): Promise<void> {
+    return this.use(fd, () => new Promise<void>((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve()))));
+  }
+
+  /** Runs `op` on `fd`, which close() keeps open until it is done. */
+  private async use<T>(fd: number, op: () => Promise<T>): Promise<T> {
+    this.busy.set(fd, (this.busy.get(fd) ?? 0) + 1);
+    try {
+      return await op();
     } finally {
       const n = (this.busy.get(fd) ?? 1) - 1;
       if (n > 0) this.busy.set(fd, n);
@@ -27,7 +40,6 @@ export class AsyncFds {
         if (this.closeWhenIdle.delete(fd)) fs.closeSync(fd);
       }
     }
-    return got === length ? out : out.subarray(0, got);
   }
 
   /** Closes `fd` now, or once its reads in flight are done. */

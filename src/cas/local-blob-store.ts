@@ -171,9 +171,8 @@ class LocalBlobAppender implements BlobAppender {
   private end = 0;
   private dirSynced = false;
   private fd: number | null;
-  /** syncAsync() calls in flight, and a descriptor close() left for the last of them to release. */
-  private asyncSyncs = 0;
-  private closedFd: number | null = null;
+  /** Asynchronous fsyncs in flight keep the descriptor open past close(). */
+  private readonly asyncFds = new AsyncFds();
 
   constructor(private readonly name: string, fd: number, private readonly dir: string, private parentToSync: string | null) {
     this.fd = fd;
@@ -214,17 +213,7 @@ class LocalBlobAppender implements BlobAppender {
   }
 
   async syncAsync(): Promise<void> {
-    const fd = this.openFd();
-    this.asyncSyncs++;
-    try {
-      await new Promise<void>((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
-    } finally {
-      this.asyncSyncs--;
-      if (this.asyncSyncs === 0 && this.closedFd !== null) {
-        fs.closeSync(this.closedFd);
-        this.closedFd = null;
-      }
-    }
+    await this.asyncFds.fsync(this.openFd());
     if (this.dirSynced) return;
     if (this.parentToSync !== null) await fsyncDirAsync(this.parentToSync);
     this.parentToSync = null;
@@ -252,10 +241,8 @@ class LocalBlobAppender implements BlobAppender {
       this.sync();
     } finally {
       this.fd = null;
-      // An fsync still queued on libuv's pool must not meet a descriptor number reused by another
-      // file: the descriptor is released once it has run (the sync above made the bytes durable).
-      if (this.asyncSyncs > 0) this.closedFd = fd;
-      else fs.closeSync(fd);
+      // After any fsync still queued on libuv's pool (the sync above made the bytes durable).
+      this.asyncFds.close(fd);
     }
   }
 
