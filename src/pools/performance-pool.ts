@@ -279,7 +279,7 @@ export class PerformancePool {
     }
     let seen = this.verified.get(key);
     if (!seen) { seen = new Set(); this.verified.set(key, seen); }
-    for (const leaf of leavesInRange(objects, root, offset, end)) {
+    for (const leaf of objects.leaves(root, offset, end)) {
       if (isHole(leaf.handle) || seen.has(leaf.offset)) continue;
       const b = Buffer.alloc(leaf.length);
       fs.readSync(fd, b, 0, leaf.length, leaf.offset);
@@ -361,9 +361,4 @@ export class PerformancePool {
     for (const fd of this.fds.values()) this.closeNow(fd);
     this.fds.clear();
   }
-}
-
-/** The leaves (chunks and holes) overlapping [from, to), found by descending the tree: O(log n + k). */
-export function leavesInRange(objects: ObjectStore, root: Handle, from: number, to: number): { offset: number; length: number; handle: Handle }[] {
-  return objects.leaves(root, from, to);
 }

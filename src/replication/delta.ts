@@ -13,29 +13,12 @@ export const BASES_PER_CHUNK = 3;
 /** Bytes of bases per chunk the sender reads and the dictionary holds, beyond the first base. */
 export const BASE_BYTES_BUDGET = 256 * 1024;
 
-/**
- * Data leaves (holes left out) of object `root` overlapping [from, to), in order, found by
- * descending the tree along the range: nodes read are O(depth + leaves returned).
- */
+/** Data leaves (holes left out) of object `root` overlapping [from, to), clamped to the object. */
 export function leavesInRange(objects: ObjectStore, root: Handle, from: number, to: number): Leaf[] {
-  const out: Leaf[] = [];
-  const size = objects.objectSize(root);
   const start = Math.max(0, from);
-  const end = Math.min(size, to);
-  if (end <= start) return out;
-  const visit = (handle: Handle, base: number) => {
-    const n = objects.node(handle);
-    for (let i = childAt(n, start - base < 0 ? 0 : start - base); i < n.handles.length; i++) {
-      const cStart = base + n.starts[i];
-      if (cStart >= end) break;
-      const h = n.handles[i];
-      if (isHole(h)) continue;
-      if (n.level === 0) out.push({ offset: cStart, length: n.lengths[i], handle: h });
-      else visit(h, cStart);
-    }
-  };
-  visit(root, 0);
-  return out;
+  const end = Math.min(objects.objectSize(root), to);
+  if (end <= start) return [];
+  return objects.leaves(root, start, end).filter((l) => !isHole(l.handle));
 }
 
 /** How far from the range to look for a neighbouring data leaf (past holes, or small chunks). */
