@@ -266,38 +266,17 @@ export class PerformancePool {
    * against its handle the first time), else from containers.
    */
   read(root: Handle, offset: number, length: number): Buffer {
-    const objects = this.cas.objects;
-    if (!this.holds(root)) return objects.readObject(root, offset, length);
-    const size = objects.objectSize(root);
-    const end = Math.min(size, offset + length);
-    if (end <= offset) return Buffer.alloc(0);
-    const key = handleKey(root);
-    let fd = this.fds.get(key);
-    if (fd === undefined) {
-      fd = fs.openSync(this.fileOf(root), 'r');
-      this.fds.set(key, fd);
-    }
-    let seen = this.verified.get(key);
-    if (!seen) { seen = new Set(); this.verified.set(key, seen); }
-    for (const leaf of objects.leaves(root, offset, end)) {
-      if (isHole(leaf.handle) || seen.has(leaf.offset)) continue;
-      const b = Buffer.alloc(leaf.length);
-      fs.readSync(fd, b, 0, leaf.length, leaf.offset);
-      if (!hashBytes(b).equals(leaf.handle)) {
-        process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
-        this.retire(root);
-        return objects.readObject(root, offset, length);
-      }
-      seen.add(leaf.offset);
-    }
-    const out = Buffer.alloc(end - offset);
+    const span = this.span(root, offset, length);
+    if (span === null) return this.cas.objects.readObject(root, offset, length);
+    if (span.empty) return Buffer.alloc(0);
+    const b = Buffer.alloc(span.to - span.from);
     let got = 0;
-    while (got < out.length) {
-      const n = fs.readSync(fd, out, got, out.length - got, offset + got);
+    while (got < b.length) {
+      const n = fs.readSync(span.fd, b, got, b.length - got, span.from + got);
       if (n <= 0) break;
       got += n;
     }
-    return out;
+    return this.checked(root, span, b.subarray(0, got)) ?? this.cas.objects.readObject(root, offset, length);
   }
 
   /**
@@ -307,6 +286,17 @@ export class PerformancePool {
    * turns out damaged (it is then retired, as read() does): the caller reads from containers.
    */
   async readAsync(root: Handle, offset: number, length: number): Promise<Buffer | null> {
+    const span = this.span(root, offset, length);
+    if (span === null) return null;
+    if (span.empty) return Buffer.alloc(0);
+    return this.checked(root, span, await this.asyncFds.read(span.fd, span.from, span.to - span.from));
+  }
+
+  /**
+   * What a native read of [offset, offset + length) must fetch: the range itself, widened to whole
+   * leaves where some still need their check; null when the pool does not hold the object.
+   */
+  private span(root: Handle, offset: number, length: number) {
     const key = handleKey(root);
     let fd = this.fds.get(key);
     if (fd === undefined) {
@@ -316,27 +306,30 @@ export class PerformancePool {
     }
     const objects = this.cas.objects;
     const end = Math.min(objects.objectSize(root), offset + length);
-    if (end <= offset) return Buffer.alloc(0);
     let seen = this.verified.get(key);
     if (!seen) { seen = new Set(); this.verified.set(key, seen); }
-    const unseen = objects.leaves(root, offset, end).filter((l) => !isHole(l.handle) && !seen.has(l.offset));
-    // Whole leaves when some still need their check, else just the range asked for.
+    const unseen = end <= offset ? [] : objects.leaves(root, offset, end).filter((l) => !isHole(l.handle) && !seen.has(l.offset));
+    const last = unseen[unseen.length - 1];
     const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
-    const to = unseen.length ? Math.max(end, unseen[unseen.length - 1].offset + unseen[unseen.length - 1].length) : end;
-    const b = await this.asyncFds.read(fd, from, to - from);
-    for (const leaf of unseen) {
-      const data = b.subarray(leaf.offset - from, leaf.offset - from + leaf.length);
+    const to = last ? Math.max(end, last.offset + last.length) : end;
+    return { key, fd, seen, unseen, offset, end, from, to, empty: end <= offset };
+  }
+
+  /** The bytes asked for out of `b` (the span read), once its unchecked leaves match their handles; null if not (the copy is retired). */
+  private checked(root: Handle, span: NonNullable<ReturnType<PerformancePool['span']>>, b: Buffer): Buffer | null {
+    for (const leaf of span.unseen) {
+      const data = b.subarray(leaf.offset - span.from, leaf.offset - span.from + leaf.length);
       if (data.length !== leaf.length || !hashBytes(data).equals(leaf.handle)) {
-        if (this.fds.get(key) === fd) {
+        if (this.fds.get(span.key) === span.fd) {
           process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
           this.retire(root);
         }
         return null;
       }
-      seen.add(leaf.offset);
+      span.seen.add(leaf.offset);
     }
-    if (b.length < end - from) return null; // shorter than the object says: not a copy to trust
-    return b.subarray(offset - from, end - from);
+    if (b.length < span.end - span.from) return null; // shorter than the object says: not a copy to trust
+    return b.subarray(span.offset - span.from, span.end - span.from);
   }
 
   private retire(root: Handle): void {
