@@ -263,8 +263,12 @@ export interface DirEntry {
  */
 export interface Namespace {
   getattr(path: string): Attr | Promise<Attr>;
-  /** The entries of a directory with their attributes (no '.' or '..' needed). */
-  readdir(path: string): DirEntry[] | Promise<DirEntry[]>;
+  /**
+   * The entries of a directory with their attributes (no '.' or '..' needed). A directory that
+   * cannot change (a snapshot view's) may be answered with the same array again: callers must not
+   * modify it, and may keep what they derive from it for as long as they hold it.
+   */
+  readdir(path: string): readonly DirEntry[] | Promise<readonly DirEntry[]>;
   readlink(path: string): string | Promise<string>;
   /** Opens a file; returns a handle number. flags are open(2) flags. */
   open(path: string, flags: number): number | Promise<number>;

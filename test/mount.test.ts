@@ -14,9 +14,9 @@ import Fuse from 'fuse-native';
 import { CasStore } from '../src/cas/store.js';
 import { daemonFiles, parseRequest, processRunning, readPidFile } from '../src/daemon/control-protocol.js';
 import { StrataError } from '../src/errors.js';
-import { buildFuseOps, decodeTimes, toFuseStat } from '../src/fuse/fuse-ops.js';
+import { buildFuseOps, decodeTimes, packStat, toFuseStat, usePackedReaddir } from '../src/fuse/fuse-ops.js';
 import { isMounted, unmountQuietly } from '../src/fuse/mount-options.js';
-import type { Namespace } from '../src/types.js';
+import type { Attr, DirEntry, Namespace } from '../src/types.js';
 import { MemNamespace } from './fixtures/mem-namespace.js';
 import { REPO, STRATA } from './helpers/cli.js';
 import { startFuseServer } from './helpers/fuse-harness.js';
@@ -112,6 +112,35 @@ test('attributes and times convert as fuse-native expects', (t) => {
   t.deepEqual(decodeTimes(1073, 1073, 42), { atimeMs: 42, mtimeMs: 42 });
   t.deepEqual(decodeTimes(1073, 5000, 42), { atimeMs: undefined, mtimeMs: 5000 });
   t.deepEqual(decodeTimes(3000, 5000, 42), { atimeMs: 3000, mtimeMs: 5000 });
+});
+
+test('readdir: stats are packed as fuse-native packs them, once per listing the namespace answers again', async (t) => {
+  const attrs: Attr[] = [
+    { ino: 2 ** 31 + 12345, mode: 0o100644, nlink: 1, uid: 1000, gid: 100, size: 2 ** 33 + 7, blocks: 2 ** 24 + 1, rdev: 0, atimeMs: 1.7e12 + 0.9, mtimeMs: -5, ctimeMs: 499162000000 },
+    { ino: 3, mode: 0o040755, nlink: 0, uid: 0, gid: 0, size: 0, blocks: 0, rdev: 0x0801, atimeMs: 0, mtimeMs: 1, ctimeMs: 2 ** 41 },
+  ];
+  // fuse-native's own packing (getStatArray), reached through its unreplaced _op_readdir.
+  const theirs = await new Promise<unknown[]>((resolve) => {
+    const host = { ops: { readdir: (_p: string, cb: (e: number, n: string[], s: Fuse.Stat[]) => void) => cb(0, ['a', 'b'], attrs.map(toFuseStat)) } };
+    (Fuse.prototype as unknown as { _op_readdir: (this: unknown, sig: (...a: unknown[]) => void, p: string) => void })._op_readdir.call(host, (...a: unknown[]) => resolve(a), '/');
+  });
+  t.deepEqual(attrs.map(packStat), theirs[2] as Uint32Array[]);
+
+  // A namespace that answers the same (immutable) listing twice, as StrataFs does for views.
+  const listing: readonly DirEntry[] = Object.freeze(attrs.map((attr, i) => ({ name: `n${i}`, attr })));
+  const ns = Object.assign(Object.create(new MemNamespace()) as Namespace, { readdir: () => listing });
+  const ops = buildFuseOps(ns, (m) => t.log(m));
+  const first = await callOp(t, ops, 'readdir', '/v');
+  const again = await callOp(t, ops, 'readdir', '/v');
+  t.deepEqual(first.args.slice(0, 2), [0, ['n0', 'n1']]);
+  t.deepEqual(first.args[2], attrs.map(packStat));
+  t.is(again.args[2], first.args[2], 'packed once');
+
+  // The instance hook hands the packed stats to the binding untouched.
+  const fuse = usePackedReaddir({ ops, _op_readdir: () => t.fail('replaced') } as unknown as object);
+  const signalled = await new Promise<unknown[]>((resolve) => (fuse as unknown as { _op_readdir: (sig: (...a: unknown[]) => void, p: string) => void })._op_readdir((...a) => resolve(a), '/v'));
+  t.is(signalled[2], first.args[2]);
+  t.throws(() => usePackedReaddir({}), { message: /_op_readdir/ });
 });
 
 test('control requests are validated', (t) => {

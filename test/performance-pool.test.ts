@@ -7,7 +7,7 @@ import { createTestStore } from './helpers/store.js';
 import { pseudoRandomBytes } from './helpers/tmp.js';
 
 const O_RDWR = 2;
-const names = (entries: { name: string }[]) => entries.map((e) => e.name);
+const names = (entries: readonly { name: string }[]) => entries.map((e) => e.name);
 const MiB = 1 << 20;
 
 function writeAt(f: StrataFs, p: string, data: Buffer, offset: number, create = false): void {

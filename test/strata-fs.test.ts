@@ -9,7 +9,7 @@ import { pseudoRandomBytes } from './helpers/tmp.js';
 // The same behaviour through a real mount is tested in mount.test.ts.
 
 const O_RDWR = 2;
-const names = (entries: { name: string }[]) => entries.map((e) => e.name);
+const names = (entries: readonly { name: string }[]) => entries.map((e) => e.name);
 const code = (fn: () => unknown) => {
   try { fn(); } catch (e) { if (isStrataError(e)) return e.code; throw e; }
   return 'ok';
@@ -61,6 +61,10 @@ test('live tree basics, snapshot views, and a snapshot that does not change with
   t.is(s2.logicalBytes, data.length);
   // at/: the latest snapshot at or before a time.
   t.deepEqual(names(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`)), ['b.bin', 'd']);
+  // A view's listing cannot change: it is answered from cache (the same array, attributes included).
+  t.is(f.readdir('/pools/capacity/s2'), f.readdir('/pools/capacity/s2'));
+  t.deepEqual(f.readdir(`/at/${new Date(s2.createdMs + 1).toISOString()}`), f.readdir('/pools/capacity/s2'));
+  t.not(f.readdir('/live'), f.readdir('/live'), 'live/ is listed afresh');
   t.is(code(() => f.readdir('/at/1999-01-01T00:00:00Z')), 'ENOENT');
   const stats = JSON.parse((await readFile(f, '/stats.json')).toString());
   t.is(stats.snapshots, 2);

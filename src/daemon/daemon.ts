@@ -22,7 +22,7 @@ import { CasStore } from '../cas/store.js';
 import { startReplicationServer, type ReplicationServer } from '../replication/server.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
-import { buildFuseOps } from '../fuse/fuse-ops.js';
+import { createFuse } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
 import {
@@ -114,7 +114,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     await clearDeadMount(mountpoint, log.line);
     checkEmpty(mountpoint);
     mounted = await openFilesystem(cas);
-    fuse = new Fuse(mountpoint, buildFuseOps(mounted, log.limited), { timeout: FUSE_TIMEOUTS });
+    fuse = createFuse(mountpoint, mounted, log.limited, { timeout: FUSE_TIMEOUTS });
     // The high-level libfuse2 API has no per-path cache lifetimes, so the root's applies everywhere
     // (the live tree needs it short; read-only views would tolerate longer).
     const ttl = Math.max(0, mounted.cacheTimeout('/'));

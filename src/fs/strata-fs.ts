@@ -40,6 +40,8 @@ const VIEW_TIMEOUT = 3600;
 /** Memory for resolved view paths (keys plus a rough per-entry cost; entries share the cached trees). */
 const VIEW_PATH_CACHE_BYTES = 32 * 1024 * 1024;
 const VIEW_PATH_OVERHEAD = 96;
+/** Entries of view directory listings kept with their attributes (about 200 bytes each). */
+const VIEW_LISTING_CACHE_ENTRIES = 256 * 1024;
 const LIVE_TIMEOUT = 1;
 
 /** A file's content, built by the flusher, waiting to be committed with its batch. */
@@ -102,6 +104,15 @@ export class StrataFs implements Namespace {
   private readonly viewPaths = new LRUCache<string, TreeEntry>({
     maxSize: VIEW_PATH_CACHE_BYTES,
     sizeCalculation: (_e, key) => 2 * key.length + VIEW_PATH_OVERHEAD,
+  });
+  /**
+   * View directory listings as readdir answers them, by the same keys. Immutable like the
+   * snapshot, so a second listing (find, ls -l, a backup tool walking the view) returns the very
+   * same array: no attributes rebuilt, and the FUSE layer can reuse what it made of it.
+   */
+  private readonly viewListings = new LRUCache<string, readonly DirEntry[]>({
+    maxSize: VIEW_LISTING_CACHE_ENTRIES,
+    sizeCalculation: (list) => list.length + 1,
   });
 
   private constructor(readonly cas: CasStore, settings?: PerformanceSettings) {
@@ -324,7 +335,7 @@ export class StrataFs implements Namespace {
     throw notFound(`tree/${this.label(s)}/${rest.join('/')}`);
   }
 
-  readdir(path: string): DirEntry[] {
+  readdir(path: string): readonly DirEntry[] {
     const { area, parts } = this.route(path);
     if (area === 'live') {
       const d = this.resolve(parts);
@@ -335,12 +346,17 @@ export class StrataFs implements Namespace {
     if (v) {
       const e = this.viewEntry(v.snap, v.rest);
       if (e.type !== 'dir') throw new StrataError('ENOTDIR', 'not a directory');
-      if (!e.content) return [];
-      const prefix = `${v.snap.id}/${v.rest.map((p) => `${p}/`).join('')}`;
-      return this.cas.objects.readTree(e.content).map((c) => {
-        const name = c.name.toString();
-        return { name, attr: this.attrOfEntry(c, prefix + name) };
-      });
+      const key = `${v.snap.id}/${v.rest.join('/')}`;
+      let list = this.viewListings.get(key);
+      if (!list) {
+        const prefix = `${v.snap.id}/${v.rest.map((p) => `${p}/`).join('')}`;
+        list = Object.freeze(e.content ? this.cas.objects.readTree(e.content).map((c) => {
+          const name = c.name.toString();
+          return { name, attr: this.attrOfEntry(c, prefix + name) };
+        }) : []);
+        this.viewListings.set(key, list);
+      }
+      return list;
     }
     // The synthetic folders are small: each entry's attributes are what getattr answers for it.
     const base = path === '/' ? '' : path;

@@ -19,6 +19,9 @@
 // - readdir answers (0, names, stats): with as many stats as names, fuse-native passes each stat to
 //   libfuse2's filler, so the kernel gets d_type instead of DT_UNKNOWN; with other lengths it
 //   passes names only. libfuse2 has no readdirplus, so the kernel still looks names up on stat.
+//   Its _op_readdir packs every stat object into a fresh 18-word Uint32Array (getStatArray) on each
+//   call, which for a 100k-file tree cost about as much as the rest of the listing: see
+//   usePackedReaddir() for how packed stats are passed instead.
 // - open answers only a file handle: fuse-native 2.2.6 sets fuse_file_info.fh and nothing else, so
 //   keep_cache (keep a view file's pages across opens) cannot be set from here. It would take a
 //   change to fuse-native.c's open signal (say, a flag bit in the returned handle) rebuilt by
@@ -30,7 +33,7 @@
 
 import Fuse from 'fuse-native';
 import { isStrataError } from '../errors.js';
-import type { Attr, Namespace, StatFs } from '../types.js';
+import type { Attr, DirEntry, Namespace, StatFs } from '../types.js';
 
 /** Codes that are not errno names, or that the kernel should see as another errno. */
 const SPECIAL_ERRNO: Readonly<Record<string, number>> = {
@@ -79,6 +82,72 @@ export function toFuseStat(a: Attr): Fuse.Stat {
     mtime: ms(a.mtimeMs),
     ctime: ms(a.ctimeMs),
   };
+}
+
+/**
+ * A stat packed as fuse-native's binding reads it (index.js getStatArray, fuse-native.c
+ * populate_stat): mode, uid, gid, size (2 words, low first), dev, nlink, ino, rdev, blksize,
+ * blocks (2), atime, mtime, ctime (2 each, milliseconds).
+ */
+export function packStat(a: Attr): Uint32Array {
+  const s = toFuseStat(a);
+  const w = new Uint32Array(18);
+  const put64 = (i: number, v: unknown) => {
+    const n = Number(v ?? 0);
+    w[i] = n % 4294967296;
+    w[i + 1] = Math.floor(n / 4294967296);
+  };
+  w[0] = s.mode ?? 0;
+  w[1] = s.uid ?? 0;
+  w[2] = s.gid ?? 0;
+  put64(3, s.size);
+  w[6] = s.nlink || 1;
+  w[7] = s.ino ?? 0;
+  w[8] = s.rdev ?? 0;
+  w[9] = s.blksize ?? 0;
+  put64(10, s.blocks);
+  put64(12, s.atime);
+  put64(14, s.mtime);
+  put64(16, s.ctime);
+  return w;
+}
+
+/** What readdir hands fuse-native for a listing: names and packed stats of equal length. */
+interface PackedListing {
+  names: string[];
+  stats: Uint32Array[];
+}
+
+/** The part of a fuse-native instance usePackedReaddir() replaces. */
+export interface ReaddirHost {
+  _op_readdir(signal: (code: number, ...rest: unknown[]) => void, path: string): void;
+  ops: Fuse.Operations;
+}
+
+/**
+ * Makes `fuse` pass readdir's stats to its binding as they come (already packed by packStat), where
+ * fuse-native's own _op_readdir would pack every stat object again on each listing. It is the same
+ * kind of hook as applyMountOptions' (an own property on this one instance, checked to exist, no
+ * patch of node_modules); fuse-native looks handlers up by name on the instance at every request.
+ * The operations built by buildFuseOps() answer readdir with packed stats, so they need this:
+ * createFuse() makes the two together.
+ */
+export function usePackedReaddir<T extends object>(fuse: T): T {
+  const host = fuse as unknown as ReaddirHost;
+  if (typeof host._op_readdir !== 'function') {
+    throw new Error('fuse-native no longer has _op_readdir(); src/fuse/fuse-ops.ts needs updating for this version');
+  }
+  const op = function (this: ReaddirHost, signal: (code: number, ...rest: unknown[]) => void, path: string): void {
+    const readdir = this.ops.readdir as unknown as (p: string, cb: (err: number, names?: string[], stats?: Uint32Array[]) => void) => void;
+    readdir(path, (err, names, stats) => (err ? signal(err) : signal(0, names ?? [], stats ?? [])));
+  };
+  Object.defineProperty(fuse, '_op_readdir', { value: op, configurable: true, writable: true });
+  return fuse;
+}
+
+/** A fuse-native instance serving `ns` at `mountpoint`, readdir set up for buildFuseOps' packed stats. */
+export function createFuse(mountpoint: string, ns: Namespace, log: (msg: string) => void, opts: Fuse.Options): Fuse {
+  return usePackedReaddir(new Fuse(mountpoint, buildFuseOps(ns, log), opts));
 }
 
 function toFuseStatfs(s: StatFs): Fuse.Statfs {
@@ -146,15 +215,28 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
   }
 
   const done = () => [0];
+  /** Listings the namespace answers again unchanged (views) are packed once. */
+  const packed = new WeakMap<readonly DirEntry[], PackedListing>();
+  const pack = (entries: readonly DirEntry[]): PackedListing => {
+    let p = packed.get(entries);
+    if (!p) {
+      p = { names: entries.map((e) => e.name), stats: entries.map((e) => packStat(e.attr)) };
+      packed.set(entries, p);
+    }
+    return p;
+  };
 
   return {
     getattr(path, cb) {
       serve('getattr', path, cb, () => ns.getattr(path), (a) => [0, toFuseStat(a)]);
     },
     readdir(path, cb) {
-      // Names and stats of equal length: fuse-native then hands each stat to libfuse's filler, which
-      // sets d_type from st_mode (and d_ino from st_ino under use_ino).
-      serve('readdir', path, cb, () => ns.readdir(path), (entries) => [0, entries.map((e) => e.name), entries.map((e) => toFuseStat(e.attr))]);
+      // Names and packed stats of equal length (see usePackedReaddir): the binding hands each stat to
+      // libfuse's filler, which sets d_type from st_mode (and d_ino from st_ino under use_ino).
+      serve('readdir', path, cb, () => ns.readdir(path), (entries) => {
+        const p = pack(entries);
+        return [0, p.names, p.stats];
+      });
     },
     readlink(path, cb) {
       serve('readlink', path, cb, () => ns.readlink(path), (target) => [0, target]);
