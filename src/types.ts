@@ -276,8 +276,11 @@ export interface Namespace {
   /**
    * Reads up to `length` bytes at `offset` (fewer only at the end of the file). Reads of stored
    * content may be asynchronous; the returned bytes are verified against their handles.
+   * `into` (at least `length` bytes; FUSE's buffer for the answer) lets the read place the bytes
+   * there and answer a view of its start instead of a buffer of its own; it is only written before
+   * the read settles.
    */
-  read(fh: number, offset: number, length: number): Buffer | Promise<Buffer>;
+  read(fh: number, offset: number, length: number, into?: Buffer): Buffer | Promise<Buffer>;
   /** Copies `data` before any asynchronous step (it is FUSE's buffer, reused once answered). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;
   flush(fh: number): void | Promise<void>;

@@ -74,6 +74,25 @@ test('presentChunks answers for any number of handles, in batches, duplicates in
   t.is(index.presentChunks([missing[0]]).length, 0);
 });
 
+test('locateMany finds what locate finds, in batches, for pending, cached, stored and missing chunks', (t) => {
+  const { index, blobs, chunks } = setup(t);
+  const stored = Array.from({ length: 150 }, (_, i) => pseudoRandomBytes(300, 1000 + i));
+  for (const b of stored) chunks.put(hashBytes(b), ChunkKind.Data, b);
+  chunks.commit();
+  const pending = pseudoRandomBytes(300, 9000);
+  chunks.put(hashBytes(pending), ChunkKind.Data, pending); // not committed yet
+  const missing = Array.from({ length: 70 }, (_, i) => hashBytes(pseudoRandomBytes(300, 5000 + i)));
+  const asked = [...stored.map(hashBytes), ...missing, hashBytes(stored[0]), hashBytes(pending)];
+  const fresh = new ChunkStore(index, blobs, DEFAULT_CHUNK_STORE_OPTIONS); // empty caches: all from the index
+  fresh.locate(hashBytes(stored[3])); // one cached
+  t.deepEqual(fresh.locateMany(asked.slice(0, -1)), asked.slice(0, -1).map((h) => fresh.locate(h)));
+  t.is(fresh.locateMany(missing).filter(Boolean).length, 0);
+  const all = chunks.locateMany(asked);
+  t.deepEqual(all, asked.map((h) => chunks.locate(h)));
+  t.truthy(all[all.length - 1], 'a pending chunk is located like locate() locates it');
+  t.deepEqual(chunks.locateMany([]), []);
+});
+
 test('prefetch: put() after a batched lookup finds stored chunks and stores new ones exactly once', async (t) => {
   const { index, blobs, chunks } = setup(t);
   const old = Array.from({ length: 40 }, (_, i) => pseudoRandomBytes(2000, 2000 + i));

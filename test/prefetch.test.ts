@@ -45,7 +45,7 @@ function fakeSource(n: number, size: number, opts: { holes?: Set<number>; failin
 
 test('sequential reads return the right bytes and fetch ahead, in batches, each leaf once', async (t) => {
   const f = fakeSource(64, 1000);
-  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 2000 });
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 2000, behindBytes: 0 });
   for (let off = 0; off < f.total; off += 700) {
     const got = await p.read(off, 700);
     t.true(got.equals(f.expected(off, Math.min(f.total, off + 700))), `bytes at ${off}`);
@@ -55,9 +55,25 @@ test('sequential reads return the right bytes and fetch ahead, in batches, each 
   t.true(p.windowSize <= 8000 / 1000 + 3, `window stays bounded (${p.windowSize})`);
 });
 
+test('sequential reads arriving out of order (the kernel\'s concurrent read-ahead) still fetch each leaf once, ahead, in batches', async (t) => {
+  const f = fakeSource(200, 1000);
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 16_000, slackBytes: 4000, behindBytes: 4000 });
+  // Requests of 500 bytes in groups of 8 (4000 bytes, the "read-ahead window"), each group shuffled.
+  let rng = 7;
+  const next = () => (rng = (rng * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let g = 0; g < f.total; g += 4000) {
+    const group = Array.from({ length: 8 }, (_, i) => g + i * 500).sort(() => next() - 0.5);
+    const got = await Promise.all(group.map((off) => p.read(off, 500)));
+    group.forEach((off, i) => t.true(got[i].equals(f.expected(off, off + 500)), `bytes at ${off}`));
+  }
+  t.deepEqual([...f.fetched].sort((a, b) => a - b), Array.from({ length: 200 }, (_, i) => i), 'every leaf fetched exactly once');
+  t.true(f.batches.filter((b) => b.length > 1).length >= 10, 'fetched ahead in batches');
+  t.true(p.windowSize <= (16_000 + 4000) / 1000 + 3, `window stays bounded (${p.windowSize})`);
+});
+
 test('random reads fetch only what they need and keep no window', async (t) => {
   const f = fakeSource(100, 1000);
-  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 0 });
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 0, behindBytes: 0 });
   await p.read(50_500, 10);
   await p.read(10_200, 1500);
   await p.read(90_000, 1000);
@@ -68,7 +84,7 @@ test('random reads fetch only what they need and keep no window', async (t) => {
 
 test('holes read as zeros without a fetch; reads are clamped to the size', async (t) => {
   const f = fakeSource(10, 1000, { holes: new Set([2, 3]) });
-  const p = new Prefetcher(f.source, 9500, { aheadBytes: 0, slackBytes: 0 });
+  const p = new Prefetcher(f.source, 9500, { aheadBytes: 0, slackBytes: 0, behindBytes: 0 });
   t.true((await p.read(1500, 3000)).equals(f.expected(1500, 4500)));
   t.false(f.fetched.includes(2) || f.fetched.includes(3));
   t.is((await p.read(9000, 4096)).length, 500);
@@ -77,7 +93,7 @@ test('holes read as zeros without a fetch; reads are clamped to the size', async
 
 test('a failed leaf fails the read that needs it, not a read before it, and is fetched again next time', async (t) => {
   const f = fakeSource(20, 1000, { failing: new Set([5]) });
-  const p = new Prefetcher(f.source, f.total, { aheadBytes: 10_000, slackBytes: 1000 });
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 10_000, slackBytes: 1000, behindBytes: 0 });
   t.true((await p.read(0, 4000)).equals(f.expected(0, 4000)), 'leaf 5 was prefetched and failed; this read does not need it');
   const e = await t.throwsAsync(p.read(4000, 2000));
   t.is((e as StrataError).code, 'ECORRUPT');
@@ -89,7 +105,7 @@ test('a failed leaf fails the read that needs it, not a read before it, and is f
 test('close forgets the window; fetches in flight finish and leave nothing behind', async (t) => {
   const f = fakeSource(50, 1000);
   f.hold();
-  const p = new Prefetcher(f.source, f.total, { aheadBytes: 20_000, slackBytes: 1000 });
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 20_000, slackBytes: 1000, behindBytes: 0 });
   const first = p.read(0, 1000);
   t.true(p.pending > 10, 'read-ahead in flight');
   p.close();

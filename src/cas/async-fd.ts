@@ -9,16 +9,26 @@ export class AsyncFds {
   private readonly closeWhenIdle = new Set<number>();
 
   /** Reads `length` bytes at `offset`; shorter only where the file ends. */
-  read(fd: number, offset: number, length: number): Promise<Buffer> {
+  async read(fd: number, offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(length);
+    const got = await this.readInto(fd, out, offset, length);
+    return got === length ? out : out.subarray(0, got);
+  }
+
+  /**
+   * Reads `length` bytes at `offset` into the start of `out`; resolves the count (shorter only where
+   * the file ends). `out` must be memory nobody else may reuse before this settles: the read
+   * runs on another thread.
+   */
+  readInto(fd: number, out: Buffer, offset: number, length: number): Promise<number> {
     return this.use(fd, async () => {
-      const out = Buffer.allocUnsafe(length);
       let got = 0;
       while (got < length) {
         const n = await new Promise<number>((resolve, reject) => fs.read(fd, out, got, length - got, offset + got, (e, k) => (e ? reject(e) : resolve(k))));
         if (n <= 0) break;
         got += n;
       }
-      return got === length ? out : out.subarray(0, got);
+      return got;
     });
   }
 

@@ -157,6 +157,27 @@ export class ChunkStore {
     return row;
   }
 
+  /** locate() for many handles: the index is asked once per batch for those not pending or cached. */
+  locateMany(handles: readonly Handle[]): (ChunkLocation | undefined)[] {
+    const out: (ChunkLocation | undefined)[] = new Array(handles.length);
+    const ask: number[] = [];
+    for (let i = 0; i < handles.length; i++) {
+      const key = handleKey(handles[i]);
+      if (this.pending.has(key)) out[i] = this.locate(handles[i]);
+      else if ((out[i] = this.locations.get(key)) === undefined) ask.push(i);
+    }
+    if (ask.length) {
+      const rows = this.index.getChunks(ask.map((i) => handles[i]));
+      for (const i of ask) {
+        const key = handleKey(handles[i]);
+        const row = rows.get(key);
+        if (row) this.locations.set(key, row);
+        out[i] = row;
+      }
+    }
+    return out;
+  }
+
   has(handle: Handle): boolean {
     return this.pending.has(handleKey(handle)) || this.locate(handle) !== undefined;
   }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ChunkKind, ChunkLocation, Codec, Handle } from '../types.js';
+import { handleKey } from './hash.js';
 
 // The index: handles -> container locations with reference counts, containers with live/dead
 // byte counts, and the snapshot catalogue. Everything here can be rebuilt from containers.
@@ -82,7 +83,7 @@ const toLocation = (r: RawChunkRow): ChunkRow => ({
   refs: r.refs,
 });
 
-/** Handles per query of presentChunks(); shorter lists repeat their last handle (one prepared statement). */
+/** Handles per query of presentChunks() and getChunks(); shorter lists repeat their last handle (one prepared statement). */
 const LOOKUP_BATCH = 64;
 
 /** WAL bytes after which a relaxed index checkpoints (it never checkpoints on its own). */
@@ -122,6 +123,7 @@ export class IndexDb {
     this.q = {
       get: db.prepare('SELECT * FROM chunks WHERE handle = ?'),
       has: db.prepare('SELECT 1 FROM chunks WHERE handle = ?').pluck(),
+      getMany: db.prepare(`SELECT * FROM chunks WHERE handle IN (${new Array(LOOKUP_BATCH).fill('?').join(', ')})`),
       hasMany: db.prepare(`SELECT handle FROM chunks WHERE handle IN (${new Array(LOOKUP_BATCH).fill('?').join(', ')})`).pluck(),
       insert: db.prepare(
         'INSERT INTO chunks (handle, container, offset, stored, raw, codec, kind, refs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -212,6 +214,18 @@ export class IndexDb {
   getChunk(handle: Handle): ChunkRow | undefined {
     const r = this.q.get.get(handle) as RawChunkRow | undefined;
     return r && toLocation(r);
+  }
+
+  /** getChunk for many handles, LOOKUP_BATCH per query: the rows found, by handleKey. */
+  getChunks(handles: readonly Handle[]): Map<string, ChunkRow> {
+    const out = new Map<string, ChunkRow>();
+    const args: Handle[] = new Array(LOOKUP_BATCH);
+    for (let i = 0; i < handles.length; i += LOOKUP_BATCH) {
+      const n = Math.min(LOOKUP_BATCH, handles.length - i);
+      for (let j = 0; j < LOOKUP_BATCH; j++) args[j] = handles[i + Math.min(j, n - 1)];
+      for (const r of this.q.getMany.all(...args) as RawChunkRow[]) out.set(handleKey(r.handle), toLocation(r));
+    }
+    return out;
   }
 
   hasChunk(handle: Handle): boolean {

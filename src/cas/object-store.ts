@@ -328,8 +328,9 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
     const blobs = this.chunks.blobs;
     const out: Promise<Buffer>[] = new Array(handles.length);
     const located: { i: number; loc: ChunkLocation }[] = [];
+    const locs = blobs.readAsync ? this.chunks.locateMany(handles) : [];
     for (let i = 0; i < handles.length; i++) {
-      const loc = blobs.readAsync ? this.chunks.locate(handles[i]) : undefined;
+      const loc = locs[i];
       if (loc) located.push({ i, loc });
       else out[i] = new Promise((resolve) => resolve(this.chunks.get(handles[i])));
     }

@@ -10,13 +10,19 @@ export interface PrefetchOptions {
   /** How far past the end of a sequential read chunks are fetched ahead. */
   aheadBytes: number;
   /**
-   * A read counts as sequential when it starts within this distance of where the last one ended
-   * (the kernel's own read-ahead may send requests slightly out of order).
+   * A read counts as sequential when it starts at most this far past the furthest end read so far
+   * (requests of one kernel read-ahead window may arrive in any order)...
    */
   slackBytes: number;
+  /**
+   * ...or at most this far before it: the kernel's read-ahead sends several requests at once
+   * (up to the mount's read_ahead_kb), and they arrive in any order. Chunks this far behind the
+   * furthest read are kept for such stragglers.
+   */
+  behindBytes: number;
 }
 
-export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, slackBytes: 1024 * 1024 };
+export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, slackBytes: 4 * 1024 * 1024, behindBytes: 4 * 1024 * 1024 };
 
 interface Slot {
   leaf: ObjectLeaf;
@@ -31,8 +37,8 @@ interface Slot {
 export class Prefetcher {
   /** Fetched or in-flight leaves by offset, in the order they were started. */
   private readonly window = new Map<number, Slot>();
-  /** End of the last read; -1 before the first. */
-  private lastEnd = -1;
+  /** The furthest end of the current sequential run; -1 before the first read. */
+  private front = -1;
   /** Everything below this offset (and above the read position) was already started. */
   private aheadUntil = 0;
   private closed = false;
@@ -44,43 +50,54 @@ export class Prefetcher {
     private readonly opts: PrefetchOptions = DEFAULT_PREFETCH,
   ) {}
 
-  /** Bytes [offset, offset + length) clamped to the size; holes read as zeros. */
-  async read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Bytes [offset, offset + length) clamped to the size; holes read as zeros. With `into` (at least
+   * `length` bytes) the bytes are copied there and a view of its start is returned.
+   */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (this.closed) throw new Error('read from a closed prefetcher');
     const end = Math.min(this.size, offset + Math.max(0, length));
     if (end <= offset) return Buffer.alloc(0);
-    const sequential = this.lastEnd >= 0 && offset >= this.lastEnd - this.opts.slackBytes && offset <= this.lastEnd + this.opts.slackBytes;
+    const near = this.front >= 0 && offset >= this.front - this.opts.behindBytes && offset <= this.front + this.opts.slackBytes;
     const leaves = this.source.leaves(offset, end);
     const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
     if (missing.length) this.start(missing);
     const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).bytes));
-    if (sequential || offset === 0) {
-      this.forgetBefore(offset);
+    if (!near) {
+      // A jump (random access, or a new pass from the start): keep only what this read uses.
+      // (Before the first read the window holds only what concurrent first reads asked for.)
+      if (this.front >= 0) {
+        const used = new Set(leaves.map((l) => l.offset));
+        for (const k of this.window.keys()) if (!used.has(k)) this.window.delete(k);
+      }
+      this.aheadUntil = end;
+      this.front = end;
+    } else {
+      this.front = Math.max(this.front, end);
+    }
+    if (near || offset === 0) {
+      this.forgetBefore(this.front - this.opts.behindBytes);
       // Refill in large steps, once half the read-ahead is used: one batch of a few MiB lets the
       // source read neighbouring chunks with one I/O, where a refill per request would not.
-      if (this.aheadUntil - end < this.opts.aheadBytes / 2) this.fetchAhead(Math.max(end, this.aheadUntil), end + this.opts.aheadBytes);
-    } else {
-      // Random access: keep only what this read uses, and fetch nothing ahead.
-      const used = new Set(leaves.map((l) => l.offset));
-      for (const k of this.window.keys()) if (!used.has(k)) this.window.delete(k);
-      this.aheadUntil = end;
+      const front = this.front;
+      if (this.aheadUntil - front < this.opts.aheadBytes / 2) this.fetchAhead(Math.max(front, this.aheadUntil), front + this.opts.aheadBytes);
     }
-    this.lastEnd = end;
-    if (leaves.length === 1 && parts[0]) {
-      // Within one chunk (the usual case for chunks larger than a request): no copy here, the
-      // FUSE layer copies into the kernel's buffer anyway.
+    if (!into && leaves.length === 1 && parts[0]) {
+      // Within one chunk and nowhere to put it: a view of the chunk, no copy.
       const data = await this.settle(leaves[0], parts[0]);
       return data.subarray(offset - leaves[0].offset, end - leaves[0].offset);
     }
-    const out = Buffer.alloc(end - offset);
+    // Every part is awaited before the first byte is copied, so `into` is written only once the
+    // read is sure to succeed, all at once, with no await in between.
+    const got = await Promise.all(leaves.map((l, i) => (parts[i] ? this.settle(l, parts[i] as Promise<Buffer>) : null)));
+    const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     for (let i = 0; i < leaves.length; i++) {
-      const p = parts[i];
-      if (!p) continue; // zeros already
       const leaf = leaves[i];
-      const data = await this.settle(leaf, p);
       const s = Math.max(offset, leaf.offset);
       const e = Math.min(end, leaf.offset + leaf.length);
-      data.copy(out, s - offset, s - leaf.offset, e - leaf.offset);
+      const data = got[i];
+      if (data) data.copy(out, s - offset, s - leaf.offset, e - leaf.offset);
+      else out.fill(0, s - offset, e - offset); // a hole
     }
     return out;
   }

@@ -438,7 +438,7 @@ export class StrataFs implements Namespace {
    * from the performance pool's native file with one pread per request. A live file with
    * unflushed writes reads synchronously through its buffer.
    */
-  read(fh: number, offset: number, length: number): Buffer | Promise<Buffer> {
+  read(fh: number, offset: number, length: number, into?: Buffer): Buffer | Promise<Buffer> {
     const h = this.handle(fh);
     if (h.kind === 'data') return h.data.subarray(Math.min(offset, h.data.length), Math.min(offset + length, h.data.length));
     if (h.kind === 'view') {
@@ -446,13 +446,13 @@ export class StrataFs implements Namespace {
       if (!root) return Buffer.alloc(0);
       // The performance pool's native file, while it holds a sound copy; containers otherwise.
       if (h.native) {
-        return this.pool.readAsync(root, offset, length).then((b) => {
+        return this.pool.readAsync(root, offset, length, into).then((b) => {
           if (b) return b;
           h.native = false;
-          return this.viewReader(h, root).read(offset, length);
+          return this.viewReader(h, root).read(offset, length, into);
         });
       }
-      return this.viewReader(h, root).read(offset, length);
+      return this.viewReader(h, root).read(offset, length, into);
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
@@ -462,7 +462,7 @@ export class StrataFs implements Namespace {
       h.reader?.p.close();
       h.reader = { root: i.content, p: new Prefetcher(this.cas.objects.leafSource(i.content), this.cas.objects.objectSize(i.content)) };
     }
-    return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)));
+    return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)), into);
   }
 
   /** A view handle's reader over containers, made at its first read. */

@@ -8,7 +8,8 @@
 //   ino in 32 bits (st_ino reaches applications only with the `use_ino` mount option).
 // - read/write answer with the byte count in the error slot; their `buf` is libfuse's memory and is
 //   detached once answered: Namespace.write copies what it keeps before answering, so the handler
-//   passes a view of it (copying here as well cost a second memcpy and a 128 KiB buffer per write).
+//   passes a view of it (copying here as well cost a second memcpy and a 128 KiB buffer per write);
+//   Namespace.read may fill it in place (a late write into a detached buffer writes nothing).
 // - create gets the mode but not the open flags, and no handler gets the caller's uid/gid
 //   (fuse_get_context is not exposed): new files belong to the daemon's user.
 // - utimens gets milliseconds computed from timespecs, which folds UTIME_NOW and UTIME_OMIT
@@ -251,7 +252,8 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
       serve('create', path, cb, () => ns.create(path, mode, CREATE_FLAGS, uid, gid), (fh) => [0, checkHandle(fh)]);
     },
     read(path, fd, buf, len, pos, cb) {
-      serve('read', path, cb, () => ns.read(fd, pos, len), (data) => [data.copy(buf, 0, 0, Math.min(len, data.length))]);
+      // The namespace may answer with bytes it already placed in buf (see Namespace.read).
+      serve('read', path, cb, () => ns.read(fd, pos, len, buf), (data) => [inPlace(data, buf) ? Math.min(len, data.length) : data.copy(buf, 0, 0, Math.min(len, data.length))]);
     },
     write(path, fd, buf, len, pos, cb) {
       // libfuse's own buffer, valid until answered; Namespace.write copies it (see above).
@@ -316,6 +318,11 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
       serve('removexattr', path, cb, () => ns.removexattr(path, name), done);
     },
   };
+}
+
+/** True when `data` is the start of `buf` already (nothing to copy). */
+function inPlace(data: Buffer, buf: Buffer): boolean {
+  return Buffer.isBuffer(data) && data.buffer === buf.buffer && data.byteOffset === buf.byteOffset;
 }
 
 /** fuse_file_info.fh travels as a 32-bit number through fuse-native; 0 means "none". */

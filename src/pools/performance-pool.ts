@@ -5,7 +5,7 @@ import type Database from 'better-sqlite3';
 import { diffEntries, diffObjects } from '../cas/diff.js';
 import { handleHex, handleKey, hashBytes } from '../cas/hash.js';
 import { childAt, isHole } from '../cas/merkle-node.js';
-import type { ObjectStore } from '../cas/object-store.js';
+import type { Leaf, ObjectStore } from '../cas/object-store.js';
 import type { CasStore } from '../cas/store.js';
 import { AsyncFds } from '../cas/async-fd.js';
 import { lookupPath } from '../cas/tree-lookup.js';
@@ -41,6 +41,43 @@ CREATE TABLE IF NOT EXISTS perf_snapshots (snapshot TEXT PRIMARY KEY) WITHOUT RO
 `;
 
 const PIECE = 4 * 1024 * 1024;
+/** Native reads land in recycled buffers of at least this size (a FUSE request is at most 128 KiB). */
+const SCRATCH_BYTES = 256 * 1024;
+const SCRATCH_KEPT = 8;
+
+/** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
+class Checked {
+  private readonly ranges: [number, number][] = [];
+
+  covers(from: number, to: number): boolean {
+    const r = this.ranges[this.indexAfter(from) - 1];
+    return r !== undefined && r[0] <= from && to <= r[1];
+  }
+
+  add(from: number, to: number): void {
+    let i = this.indexAfter(from) - 1;
+    if (i < 0 || this.ranges[i][1] < from) i++;
+    let j = i;
+    while (j < this.ranges.length && this.ranges[j][0] <= to) {
+      from = Math.min(from, this.ranges[j][0]);
+      to = Math.max(to, this.ranges[j][1]);
+      j++;
+    }
+    this.ranges.splice(i, j - i, [from, to]);
+  }
+
+  /** Index of the first range starting after `x`. */
+  private indexAfter(x: number): number {
+    let lo = 0;
+    let hi = this.ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.ranges[mid][0] <= x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+}
 
 export interface PoolUpdate {
   snapshot: string;
@@ -76,7 +113,9 @@ export function retained(snaps: SnapshotInfo[], keep: number): Set<string> {
 export class PerformancePool {
   readonly dir: string;
   private readonly db: Database.Database;
-  private readonly verified = new Map<string, Set<number>>();
+  private readonly verified = new Map<string, Checked>();
+  /** Buffers for native reads, reused (a fresh 128 KiB buffer per request kept the GC busy). */
+  private readonly spare: Buffer[] = [];
   private readonly fds = new Map<string, number>();
   /** Native reads in flight per fd, and fds to close once theirs are done. */
   private readonly asyncFds = new AsyncFds();
@@ -285,11 +324,23 @@ export class PerformancePool {
    * their handles the first time. Resolves null when the pool does not hold the object or its copy
    * turns out damaged (it is then retired, as read() does): the caller reads from containers.
    */
-  async readAsync(root: Handle, offset: number, length: number): Promise<Buffer | null> {
+  async readAsync(root: Handle, offset: number, length: number, into?: Buffer): Promise<Buffer | null> {
     const span = this.span(root, offset, length);
     if (span === null) return null;
     if (span.empty) return Buffer.alloc(0);
-    return this.checked(root, span, await this.asyncFds.read(span.fd, span.from, span.to - span.from));
+    const want = span.to - span.from;
+    if (!into) return this.checked(root, span, await this.asyncFds.read(span.fd, span.from, want));
+    // Into a buffer of ours, then copied: the native read runs on another thread, and `into` (FUSE's
+    // buffer) must not be written once the request was answered, say by a timeout.
+    const scratch = this.spare.pop() ?? Buffer.allocUnsafe(Math.max(SCRATCH_BYTES, want));
+    const tmp = scratch.length >= want ? scratch : Buffer.allocUnsafe(want);
+    try {
+      const got = await this.asyncFds.readInto(span.fd, tmp, span.from, want);
+      const b = this.checked(root, span, tmp.subarray(0, got));
+      return b && into.subarray(0, b.copy(into));
+    } finally {
+      if (this.spare.length < SCRATCH_KEPT) this.spare.push(tmp.length <= 4 * SCRATCH_BYTES ? tmp : scratch);
+    }
   }
 
   /**
@@ -307,8 +358,14 @@ export class PerformancePool {
     const objects = this.cas.objects;
     const end = Math.min(objects.objectSize(root), offset + length);
     let seen = this.verified.get(key);
-    if (!seen) { seen = new Set(); this.verified.set(key, seen); }
-    const unseen = end <= offset ? [] : objects.leaves(root, offset, end).filter((l) => !isHole(l.handle) && !seen.has(l.offset));
+    if (!seen) { seen = new Checked(); this.verified.set(key, seen); }
+    const unseen: Leaf[] = [];
+    if (end > offset && !seen.covers(offset, end)) {
+      for (const l of objects.leaves(root, offset, end)) {
+        if (isHole(l.handle)) seen.add(l.offset, l.offset + l.length); // nothing stored there to check
+        else if (!seen.covers(l.offset, l.offset + l.length)) unseen.push(l);
+      }
+    }
     const last = unseen[unseen.length - 1];
     const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
     const to = last ? Math.max(end, last.offset + last.length) : end;
@@ -326,7 +383,7 @@ export class PerformancePool {
         }
         return null;
       }
-      span.seen.add(leaf.offset);
+      span.seen.add(leaf.offset, leaf.offset + leaf.length);
     }
     if (b.length < span.end - span.from) return null; // shorter than the object says: not a copy to trust
     return b.subarray(span.offset - span.from, span.end - span.from);
