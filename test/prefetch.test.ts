@@ -1,7 +1,7 @@
 import test from 'ava';
 import { StrataError } from '../src/errors.js';
 import { Prefetcher } from '../src/fs/prefetch.js';
-import type { LeafSource, ObjectLeaf } from '../src/types.js';
+import type { LeafFetch, LeafSource, ObjectLeaf } from '../src/types.js';
 
 // The prefetcher against a fake source: which leaves it fetches, when, and what it forgets.
 
@@ -21,15 +21,17 @@ function fakeSource(n: number, size: number, opts: { holes?: Set<number>; failin
     isHole: (l) => l.handle.equals(HOLE),
     fetch: (ls) => {
       batches.push(ls.map((l) => l.offset / size));
-      return ls.map((l) => {
+      // Like the real source: the batch settles together (one `done`), each leaf with its own outcome.
+      const fetches: LeafFetch[] = ls.map(() => ({ done: Promise.resolve() }));
+      const fill = () => ls.forEach((l, k) => {
         const i = l.offset / size;
-        fetched.push(i);
-        const make = () => {
-          if (opts.failing?.has(i)) throw new StrataError('ECORRUPT', `leaf ${i}: hash mismatch`);
-          return Buffer.alloc(size, i % 251 + 1);
-        };
-        return manual ? new Promise<Buffer>((resolve, reject) => waiting.push(() => { try { resolve(make()); } catch (e) { reject(e); } })) : Promise.resolve().then(make);
+        if (opts.failing?.has(i)) fetches[k].error = new StrataError('ECORRUPT', `leaf ${i}: hash mismatch`);
+        else fetches[k].bytes = Buffer.alloc(size, i % 251 + 1);
       });
+      for (const l of ls) fetched.push(l.offset / size);
+      const done = manual ? new Promise<void>((resolve) => waiting.push(() => { fill(); resolve(); })) : Promise.resolve().then(fill);
+      for (const f of fetches) f.done = done;
+      return fetches;
     },
   };
   const expected = (from: number, to: number) => {

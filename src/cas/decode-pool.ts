@@ -77,9 +77,12 @@ export class DecodePool {
 
   constructor(private readonly size = Math.max(1, Math.min(2, os.availableParallelism() - 1))) {}
 
-  /** Raw, verified bytes of each item (ECORRUPT for those that fail). `data` may be detached afterwards. */
-  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>): Array<Promise<Buffer>> {
-    if (data.length < MIN_OFFLOAD_BYTES) return settle(Promise.resolve(decodeBatch({ id: 0, data, items })), items.length);
+  /**
+   * Raw, verified bytes of each item, or the ECORRUPT error of those that fail; rejects only when
+   * the worker itself fails. `data` may be detached afterwards.
+   */
+  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>): Promise<Array<Buffer | Error>> {
+    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items })));
     // Only a whole ArrayBuffer can be transferred; pooled small buffers are copied first.
     const own = data.byteOffset === 0 && data.buffer.byteLength === data.length && !(data.buffer instanceof SharedArrayBuffer) ? data : Buffer.from(data);
     const id = this.nextId++;
@@ -90,7 +93,7 @@ export class DecodePool {
       slot.bytes += own.length;
       slot.w.postMessage({ id, data: own, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, [own.buffer as ArrayBuffer]);
     });
-    return settle(reply, items.length);
+    return reply.then(unpack);
   }
 
   close(): void {
@@ -127,11 +130,7 @@ export class DecodePool {
   }
 }
 
-/** One promise per item from a batch reply: its raw bytes, or ECORRUPT with the worker's reason. */
-function settle(reply: Promise<DecodeReply>, n: number): Array<Promise<Buffer>> {
-  return Array.from({ length: n }, (_, i) => reply.then((r) => {
-    const x = r.results[i];
-    if ('error' in x) throw corrupt(x.error);
-    return Buffer.from(r.out, x.offset, x.length);
-  }));
+/** Per item of a batch reply: its raw bytes, or ECORRUPT with the worker's reason. */
+function unpack(r: DecodeReply): Array<Buffer | Error> {
+  return r.results.map((x) => ('error' in x ? corrupt(x.error) : Buffer.from(r.out, x.offset, x.length)));
 }

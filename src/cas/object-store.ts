@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import {
-  ChunkKind, Chunking, type ChunkerParams, type BlobStore, type ChunkLocation, type ContentSource, type Extent, type Handle, type LeafSource, type ObjectInfo,
+  ChunkKind, Chunking, type ChunkerParams, type BlobStore, type ChunkLocation, type ContentSource, type Extent, type Handle, type LeafFetch, type LeafSource, type ObjectInfo,
   type ObjectReader, type ObjectWriter, type TreeEntry, type TreeReader, type TreeWriter, type WriteObjectOptions,
 } from '../types.js';
 import { createChunker } from './chunker.js';
@@ -34,6 +34,8 @@ const COALESCE_BYTES = 2 * 1024 * 1024;
 const where = (handle: Handle, loc: ChunkLocation) => `chunk ${shortHex(handle)} in container ${loc.container} at offset ${loc.offset}`;
 
 /** A missing or short container, or a payload that does not decode, is damage (ECORRUPT), not a missing file. */
+const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
+
 function damaged(handle: Handle, loc: ChunkLocation, e: unknown): unknown {
   return e instanceof StrataError ? corrupt(`${where(handle, loc)}: ${e.message}`) : e;
 }
@@ -312,27 +314,27 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
     return out;
   }
 
-  /** One chunk's raw bytes, verified, its container read on the I/O pool (see readChunksAsync). */
-  readChunkAsync(handle: Handle): Promise<Buffer> {
-    return this.readChunksAsync([handle])[0];
-  }
-
   /**
-   * Data chunks' raw bytes, one promise each, verified against their handles like
-   * ChunkStore.get, with the container reads on the I/O pool instead of the calling thread.
+   * Data chunks' raw bytes, verified against their handles like ChunkStore.get, with the
+   * container reads on the I/O pool and the decoding on a worker instead of the calling thread.
    * Chunks stored close together in one container (a file's chunks usually are) are read with
-   * one I/O. Chunks it cannot locate, and every chunk of a blob store without readAsync, go
-   * through the synchronous ChunkStore.get (ENOENT from there).
+   * one I/O and share one `done`. Chunks it cannot locate, and every chunk of a blob store
+   * without readAsync, go through the synchronous ChunkStore.get (ENOENT from there).
    */
-  readChunksAsync(handles: Handle[]): Promise<Buffer>[] {
+  readChunksAsync(handles: Handle[]): LeafFetch[] {
     const blobs = this.chunks.blobs;
-    const out: Promise<Buffer>[] = new Array(handles.length);
+    const out: LeafFetch[] = new Array(handles.length);
     const located: { i: number; loc: ChunkLocation }[] = [];
     const locs = blobs.readAsync ? this.chunks.locateMany(handles) : [];
     for (let i = 0; i < handles.length; i++) {
       const loc = locs[i];
-      if (loc) located.push({ i, loc });
-      else out[i] = new Promise((resolve) => resolve(this.chunks.get(handles[i])));
+      if (loc) {
+        located.push({ i, loc });
+        continue;
+      }
+      const f: LeafFetch = { done: Promise.resolve() };
+      f.done = f.done.then(() => { f.bytes = this.chunks.get(handles[i]); }).catch((e: unknown) => { f.error = asError(e); });
+      out[i] = f;
     }
     // In container order: a file's chunks are stored close together, though not always in file
     // order (parallel compression appends them as they come back).
@@ -343,13 +345,23 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
       const first = run[0].loc;
       const last = run[run.length - 1].loc;
       const chunks = run;
-      const bytes = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, last.offset + last.storedLength - first.offset);
-      // Decoded and verified off the main thread; each chunk's own promise carries its own error.
-      const decoded = bytes.then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
-        handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
-      }))));
-      chunks.forEach(({ i, loc }, k) => {
-        out[i] = decoded.then((all) => all[k]).catch((e: unknown) => { throw damaged(handles[i], loc, e); });
+      const fetches = chunks.map((): LeafFetch => ({ done: Promise.resolve() }));
+      const done = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, last.offset + last.storedLength - first.offset)
+        // Decoded and verified off the main thread; each chunk carries its own error.
+        .then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
+          handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
+        }))))
+        .then(
+          (all) => chunks.forEach(({ i, loc }, k) => {
+            const r = all[k];
+            if (Buffer.isBuffer(r)) fetches[k].bytes = r;
+            else fetches[k].error = asError(damaged(handles[i], loc, r));
+          }),
+          (e: unknown) => chunks.forEach(({ i, loc }, k) => { fetches[k].error = asError(damaged(handles[i], loc, e)); }),
+        );
+      chunks.forEach(({ i }, k) => {
+        fetches[k].done = done;
+        out[i] = fetches[k];
       });
       run = [];
     };

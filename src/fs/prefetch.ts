@@ -1,4 +1,4 @@
-import type { LeafSource, ObjectLeaf } from '../types.js';
+import type { LeafFetch, LeafSource, ObjectLeaf } from '../types.js';
 
 // Read-ahead for one open file. The kernel asks for 128 KiB at a time and waits for each answer
 // before the application sees it; a read that goes to a container (pread, zstd, BLAKE3) costs far
@@ -26,7 +26,7 @@ export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, 
 
 interface Slot {
   leaf: ObjectLeaf;
-  bytes: Promise<Buffer>;
+  fetch: LeafFetch;
 }
 
 /**
@@ -62,7 +62,7 @@ export class Prefetcher {
     const leaves = this.source.leaves(offset, end);
     const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
     if (missing.length) this.start(missing);
-    const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).bytes));
+    const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).fetch));
     if (!near) {
       // A jump (random access, or a new pass from the start): keep only what this read uses.
       // (Before the first read the window holds only what concurrent first reads asked for.)
@@ -82,34 +82,32 @@ export class Prefetcher {
       const front = this.front;
       if (this.aheadUntil - front < this.opts.aheadBytes / 2) this.fetchAhead(Math.max(front, this.aheadUntil), front + this.opts.aheadBytes);
     }
-    if (!into && leaves.length === 1 && parts[0]) {
-      // Within one chunk and nowhere to put it: a view of the chunk, no copy.
-      const data = await this.settle(leaves[0], parts[0]);
-      return data.subarray(offset - leaves[0].offset, end - leaves[0].offset);
+    // Wait for the batches this read needs (usually one), then copy: `into` is written only once
+    // the read is sure to succeed, all at once, with no await in between.
+    let waits: Promise<void>[] | null = null;
+    for (const f of parts) if (f && !f.bytes && !f.error && !waits?.includes(f.done)) (waits ??= []).push(f.done);
+    if (waits) await (waits.length === 1 ? waits[0] : Promise.all(waits));
+    for (let i = 0; i < leaves.length; i++) {
+      const f = parts[i];
+      if (!f?.error) continue;
+      // Forgotten, so a later read tries again rather than repeating the failure.
+      if (this.window.get(leaves[i].offset)?.fetch === f) this.window.delete(leaves[i].offset);
+      throw f.error;
     }
-    // Every part is awaited before the first byte is copied, so `into` is written only once the
-    // read is sure to succeed, all at once, with no await in between.
-    const got = await Promise.all(leaves.map((l, i) => (parts[i] ? this.settle(l, parts[i] as Promise<Buffer>) : null)));
+    if (!into && leaves.length === 1 && parts[0]?.bytes) {
+      // Within one chunk and nowhere to put it: a view of the chunk, no copy.
+      return parts[0].bytes.subarray(offset - leaves[0].offset, end - leaves[0].offset);
+    }
     const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     for (let i = 0; i < leaves.length; i++) {
       const leaf = leaves[i];
       const s = Math.max(offset, leaf.offset);
       const e = Math.min(end, leaf.offset + leaf.length);
-      const data = got[i];
+      const data = parts[i]?.bytes;
       if (data) data.copy(out, s - offset, s - leaf.offset, e - leaf.offset);
       else out.fill(0, s - offset, e - offset); // a hole
     }
     return out;
-  }
-
-  /** Awaits a leaf's bytes; a failure is forgotten, so a later read tries again rather than repeating it. */
-  private async settle(leaf: ObjectLeaf, p: Promise<Buffer>): Promise<Buffer> {
-    try {
-      return await p;
-    } catch (e) {
-      if (this.window.get(leaf.offset)?.bytes === p) this.window.delete(leaf.offset);
-      throw e;
-    }
   }
 
   /** Forgets every chunk; fetches still in flight finish and are dropped. */
@@ -137,13 +135,15 @@ export class Prefetcher {
 
   /** Starts fetching `leaves` together (the source may combine adjacent ones into one read). */
   private start(leaves: ObjectLeaf[]): Slot[] {
-    const promises = this.source.fetch(leaves);
-    const done = () => { this.inFlight--; };
+    const fetches = this.source.fetch(leaves);
+    const groups = new Map<Promise<void>, number>();
+    for (const f of fetches) groups.set(f.done, (groups.get(f.done) ?? 0) + 1);
+    for (const [done, n] of groups) {
+      this.inFlight += n;
+      void done.then(() => { this.inFlight -= n; });
+    }
     return leaves.map((leaf, i) => {
-      this.inFlight++;
-      const bytes = promises[i];
-      bytes.then(done, done); // also keeps an unread failure from being an unhandled rejection
-      const s = { leaf, bytes };
+      const s = { leaf, fetch: fetches[i] };
       if (!this.closed) this.window.set(leaf.offset, s);
       return s;
     });
