@@ -74,8 +74,12 @@ export interface ContainerRecord extends ChunkLocation {
 export interface BlobStore {
   /** Reads `length` bytes at `offset` of blob `name`; throws a StrataError (code 'ENOENT' or 'ETRUNC') if not all there. */
   read(name: string, offset: number, length: number): Buffer;
-  /** The same as read(), without blocking the caller's thread (reads run on the I/O pool). Optional: read() serves otherwise. */
-  readAsync?(name: string, offset: number, length: number): Promise<Buffer>;
+  /**
+   * The same as read(), without blocking the caller's thread (reads run on the I/O pool), into
+   * `into` when given (at least `length` bytes; the answer is then a view of its start).
+   * Optional: read() serves otherwise.
+   */
+  readAsync?(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
   size(name: string): number;
   list(): string[];
   delete(name: string): void;
@@ -162,6 +166,13 @@ export interface LeafFetch {
   done: Promise<void>;
   bytes?: Buffer;
   error?: Error;
+  /**
+   * When present, `bytes` lives in recycled memory: whoever received the fetch holds it, hold()
+   * adds another holder, and each holder calls release() exactly once when done with `bytes`
+   * (after the last release the memory may be reused). Without them, `bytes` is the fetch's own.
+   */
+  hold?(): void;
+  release?(): void;
 }
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';

@@ -29,12 +29,19 @@ for (const [name, chunks] of [
     const pool = new DecodePool(1);
     t.teardown(() => pool.close());
     const good = batch([...chunks]);
-    const got = await pool.decode(Buffer.from(good.data), good.items);
+    const got = (await pool.decode(Buffer.from(good.data), good.items)).chunks;
     got.forEach((g, i) => t.true(Buffer.isBuffer(g) && g.equals(chunks[i]), `chunk ${i}`));
+
+    // Into a buffer of the caller's (larger than needed), which comes back with the input's.
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const into = await pool.decode(Buffer.from(good.data), good.items, new ArrayBuffer(total + 1000));
+    t.is(into.out.byteLength, total + 1000);
+    into.chunks.forEach((g, i) => t.true(Buffer.isBuffer(g) && g.buffer === into.out && g.equals(chunks[i]), `chunk ${i} in the given buffer`));
+    t.true(into.input.byteLength >= good.data.length, 'the input buffer is handed back');
 
     const bad = batch([...chunks]);
     bad.data[bad.items[1].start + 5] ^= 0x20; // the middle chunk
-    const results = await pool.decode(bad.data, bad.items);
+    const results = (await pool.decode(bad.data, bad.items)).chunks;
     t.true(Buffer.isBuffer(results[0]) && results[0].equals(chunks[0]));
     t.true(Buffer.isBuffer(results[2]) && results[2].equals(chunks[2]));
     t.true(isStrataError(results[1], 'ECORRUPT'));

@@ -119,3 +119,45 @@ test('close forgets the window; fetches in flight finish and leave nothing behin
   t.is(p.windowSize, 0);
   await t.throwsAsync(p.read(0, 10));
 });
+
+test('recycled chunk memory: every fetch is released exactly once per holder, never while a read still copies it', async (t) => {
+  const size = 1000;
+  const n = 120;
+  const leaves: ObjectLeaf[] = Array.from({ length: n }, (_, i) => ({ offset: i * size, length: size, handle: Buffer.alloc(32, i % 251 + 1) }));
+  const all: Array<{ holders: number; f: LeafFetch }> = [];
+  const source: LeafSource = {
+    leaves: (from, to) => leaves.filter((l) => l.offset < to && l.offset + l.length > from),
+    isHole: () => false,
+    fetch: (ls) => {
+      // Settles a little later (a macrotask), so reads and the window's forgetting interleave with it.
+      const done = new Promise<void>((resolve) => setImmediate(resolve));
+      return ls.map((l) => {
+        const rec = { holders: 1, f: { done } as LeafFetch };
+        const bytes = Buffer.alloc(size, (l.offset / size) % 251 + 1);
+        rec.f.done = done.then(() => { rec.f.bytes = bytes; });
+        rec.f.hold = () => { rec.holders++; };
+        rec.f.release = () => {
+          rec.holders--;
+          if (rec.holders < 0) t.fail('released more often than held');
+          if (rec.holders === 0) bytes.fill(0xee); // "reused": a read still copying would see this
+        };
+        all.push(rec);
+        return rec.f;
+      });
+    },
+  };
+  const expected = (from: number, to: number) => Buffer.from(Array.from({ length: to - from }, (_, k) => Math.floor((from + k) / size) % 251 + 1));
+  const p = new Prefetcher(source, n * size, { aheadBytes: 10_000, slackBytes: 3000, behindBytes: 2000 });
+  // Sequential groups read concurrently and out of order, then random reads, then close with reads in flight.
+  for (let g = 0; g < 60_000; g += 3000) {
+    const offs = [g + 2000, g, g + 1000, g + 2500, g + 500, g + 1500];
+    const got = await Promise.all(offs.map((o) => p.read(o, 500, Buffer.alloc(500))));
+    offs.forEach((o, i) => t.true(got[i].equals(expected(o, o + 500)), `bytes at ${o}`));
+  }
+  for (const o of [90_100, 5_300, 70_000, 70_700]) t.true((await p.read(o, 900)).equals(expected(o, o + 900)), `random read at ${o}`);
+  const late = p.read(100_000, 3000);
+  p.close();
+  t.true((await late).equals(expected(100_000, 103_000)), 'a read in flight at close still answers right');
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(all.filter((r) => r.holders !== 0).length, 0, 'everything released once the reader is closed');
+});

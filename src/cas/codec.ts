@@ -45,17 +45,24 @@ export function compressChunk(raw: Buffer): { codec: Codec; payload: Buffer } {
  * A Raw payload is returned as is (not copied).
  */
 export function decompressChunk(codec: Codec, payload: Buffer, rawLength: number, what = 'chunk'): Buffer {
-  if (!Number.isSafeInteger(rawLength) || rawLength < 0) {
-    throw corrupt(`${what}: impossible raw length ${rawLength}`);
-  }
+  checkRawLength(rawLength, what);
+  if (codec === Codec.Raw) return checkRaw(payload, rawLength, what);
+  return decompressChunkInto(codec, payload, rawLength, Buffer.allocUnsafe(rawLength), what);
+}
+
+/**
+ * decompressChunk() into `dst` (exactly `rawLength` bytes; a Raw payload is copied there).
+ * Returns `dst`. Throws ECORRUPT like decompressChunk, `dst` then holding anything.
+ */
+export function decompressChunkInto(codec: Codec, payload: Buffer, rawLength: number, dst: Buffer, what = 'chunk'): Buffer {
+  checkRawLength(rawLength, what);
+  if (dst.length !== rawLength) throw new RangeError(`destination of ${dst.length} bytes for a chunk of ${rawLength}`);
   switch (codec) {
     case Codec.Raw:
-      if (payload.length !== rawLength) {
-        throw corrupt(`${what}: raw payload is ${payload.length} bytes, expected ${rawLength}`);
-      }
-      return payload;
+      checkRaw(payload, rawLength, what).copy(dst);
+      return dst;
     case Codec.Zstd: {
-      const out = Buffer.allocUnsafe(rawLength);
+      const out = dst;
       let n: number;
       try {
         n = dctx.decompress(out, payload);
@@ -68,4 +75,13 @@ export function decompressChunk(codec: Codec, payload: Buffer, rawLength: number
     default:
       throw corrupt(`${what}: unknown codec ${codec as number}`);
   }
+}
+
+function checkRawLength(rawLength: number, what: string): void {
+  if (!Number.isSafeInteger(rawLength) || rawLength < 0) throw corrupt(`${what}: impossible raw length ${rawLength}`);
+}
+
+function checkRaw(payload: Buffer, rawLength: number, what: string): Buffer {
+  if (payload.length !== rawLength) throw corrupt(`${what}: raw payload is ${payload.length} bytes, expected ${rawLength}`);
+  return payload;
 }

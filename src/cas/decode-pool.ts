@@ -2,7 +2,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { corrupt } from '../errors.js';
 import type { Codec, Handle } from '../types.js';
-import { decompressChunk } from './codec.js';
+import { decompressChunkInto } from './codec.js';
 import { hashBytes } from './hash.js';
 
 // Decompression and hash checks of chunks read for the mount, on a worker thread. The main
@@ -26,35 +26,49 @@ export interface DecodeRequest {
   id: number;
   data: Uint8Array;
   items: DecodeItem[];
+  /** Where to put the raw bytes, when the caller has a buffer of at least their total size. */
+  out?: ArrayBuffer;
 }
 
-/** Per item: where its raw bytes lie in `out`, or why it failed (the caller makes that ECORRUPT). */
+/**
+ * Per item: where its raw bytes lie in `out`, or why it failed (the caller makes that ECORRUPT).
+ * `data` is the request's buffer, handed back for reuse.
+ */
 export interface DecodeReply {
   id: number;
   out: ArrayBuffer;
+  data: Uint8Array;
   results: Array<{ offset: number; length: number } | { error: string }>;
+}
+
+/** A decoded batch: each item's raw bytes (views of `out`) or its ECORRUPT error. */
+export interface DecodedBatch {
+  chunks: Array<Buffer | Error>;
+  /** Holds every decoded chunk; reusable once none of them is used any more. */
+  out: ArrayBuffer;
+  /** The container bytes' buffer, reusable now (a new object when it went to a worker and back). */
+  input: ArrayBuffer;
 }
 
 /** Decodes and verifies one batch (runs in the worker; also the inline fallback). */
 export function decodeBatch(req: DecodeRequest): DecodeReply {
   let total = 0;
   for (const it of req.items) total += it.rawLength;
-  const out = new ArrayBuffer(total);
+  const out = req.out && req.out.byteLength >= total ? req.out : new ArrayBuffer(total);
   const results: DecodeReply['results'] = [];
   let at = 0;
   const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
   for (const it of req.items) {
     try {
-      const raw = decompressChunk(it.codec, data.subarray(it.start, it.start + it.length), it.rawLength);
+      const raw = decompressChunkInto(it.codec, data.subarray(it.start, it.start + it.length), it.rawLength, Buffer.from(out, at, it.rawLength));
       if (!hashBytes(raw).equals(it.handle)) throw new Error('hash mismatch');
-      raw.copy(Buffer.from(out, at, it.rawLength));
       results.push({ offset: at, length: it.rawLength });
       at += it.rawLength;
     } catch (e) {
       results.push({ error: e instanceof Error ? e.message : String(e) });
     }
   }
-  return { id: req.id, out, results };
+  return { id: req.id, out, data: req.data, results };
 }
 
 /** Batches smaller than this are decoded on the calling thread: the message costs more than the work. */
@@ -78,20 +92,22 @@ export class DecodePool {
   constructor(private readonly size = Math.max(1, Math.min(2, os.availableParallelism() - 1))) {}
 
   /**
-   * Raw, verified bytes of each item, or the ECORRUPT error of those that fail; rejects only when
-   * the worker itself fails. `data` may be detached afterwards.
+   * Raw, verified bytes of each item, or the ECORRUPT error of those that fail, placed in `out`
+   * when given and large enough; rejects only when the worker itself fails. `data`'s buffer and
+   * `out` are detached meanwhile (they travel to the worker) and come back in the result.
    */
-  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>): Promise<Array<Buffer | Error>> {
-    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items })));
-    // Only a whole ArrayBuffer can be transferred; pooled small buffers are copied first.
-    const own = data.byteOffset === 0 && data.buffer.byteLength === data.length && !(data.buffer instanceof SharedArrayBuffer) ? data : Buffer.from(data);
+  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBuffer): Promise<DecodedBatch> {
+    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items, out })));
+    // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first.
+    const own = data.byteOffset === 0 && !(data.buffer instanceof SharedArrayBuffer) ? data : Buffer.from(data);
+    const transfer = [own.buffer as ArrayBuffer, ...(out && out !== own.buffer ? [out] : [])];
     const id = this.nextId++;
     const reply = new Promise<DecodeReply>((resolve, reject) => {
       const slot = this.pick();
       if (slot.jobs.size === 0) slot.w.ref(); // a batch in flight keeps the process alive, an idle pool does not
       slot.jobs.set(id, { bytes: own.length, resolve, reject });
       slot.bytes += own.length;
-      slot.w.postMessage({ id, data: own, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, [own.buffer as ArrayBuffer]);
+      slot.w.postMessage({ id, data: own, out, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, transfer);
     });
     return reply.then(unpack);
   }
@@ -131,6 +147,10 @@ export class DecodePool {
 }
 
 /** Per item of a batch reply: its raw bytes, or ECORRUPT with the worker's reason. */
-function unpack(r: DecodeReply): Array<Buffer | Error> {
-  return r.results.map((x) => ('error' in x ? corrupt(x.error) : Buffer.from(r.out, x.offset, x.length)));
+function unpack(r: DecodeReply): DecodedBatch {
+  return {
+    chunks: r.results.map((x) => ('error' in x ? corrupt(x.error) : Buffer.from(r.out, x.offset, x.length))),
+    out: r.out,
+    input: r.data.buffer as ArrayBuffer,
+  };
 }

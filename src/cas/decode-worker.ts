@@ -5,5 +5,7 @@ import { decodeBatch, type DecodeRequest } from './decode-pool.js';
 
 parentPort?.on('message', (req: DecodeRequest) => {
   const reply = decodeBatch(req);
-  parentPort?.postMessage(reply, [reply.out]);
+  // Both buffers go back: the caller reuses them.
+  const transfer = [reply.out, ...(reply.data.buffer !== reply.out ? [reply.data.buffer as ArrayBuffer] : [])];
+  parentPort?.postMessage(reply, transfer);
 });

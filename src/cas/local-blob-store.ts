@@ -60,15 +60,16 @@ export class LocalBlobStore implements BlobStore {
   }
 
   /** read() on the libuv pool: the event loop keeps serving while the disk works. */
-  async readAsync(name: string, offset: number, length: number): Promise<Buffer> {
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+  async readAsync(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || (into && into.length < length)) {
       throw invalid(`blob ${name}: bad range offset=${offset} length=${length}`);
     }
-    const buf = await this.asyncFds.read(this.readerFd(name), offset, length);
-    if (buf.length < length) {
-      throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${buf.length} there`);
+    const buf = into ?? Buffer.allocUnsafe(length);
+    const got = await this.asyncFds.readInto(this.readerFd(name), buf, offset, length);
+    if (got < length) {
+      throw new StrataError('ETRUNC', `blob ${name}: wanted ${length} bytes at offset ${offset}, only ${got} there`);
     }
-    return buf;
+    return buf.length === length ? buf : buf.subarray(0, length);
   }
 
   size(name: string): number {

@@ -12,6 +12,7 @@ import {
 import { decodeTree, encodeTree } from './tree-codec.js';
 import { decompressChunk } from './codec.js';
 import { DecodePool } from './decode-pool.js';
+import { BufferPool } from './buffer-pool.js';
 import { containerBlobName } from './container-file.js';
 import { corrupt, StrataError } from '../errors.js';
 
@@ -35,6 +36,32 @@ const where = (handle: Handle, loc: ChunkLocation) => `chunk ${shortHex(handle)}
 
 /** A missing or short container, or a payload that does not decode, is damage (ECORRUPT), not a missing file. */
 const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
+
+/**
+ * The decoded bytes of one container read, shared by its chunks' LeafFetches: the buffer returns
+ * to the pool once the worker has handed it back and every holder has released its chunk.
+ */
+class PooledRun {
+  private out: ArrayBuffer | null = null;
+  private settled = false;
+
+  constructor(private readonly pool: BufferPool, private holders: number) {}
+
+  hold(): void {
+    this.holders++;
+  }
+
+  release(): void {
+    if (--this.holders === 0 && this.settled && this.out) this.pool.give(this.out);
+  }
+
+  /** The worker's answer arrived (`out` null: it failed, the buffer is lost). */
+  settle(out: ArrayBuffer | null): void {
+    this.settled = true;
+    this.out = out;
+    if (this.holders === 0 && out) this.pool.give(out);
+  }
+}
 
 function damaged(handle: Handle, loc: ChunkLocation, e: unknown): unknown {
   return e instanceof StrataError ? corrupt(`${where(handle, loc)}: ${e.message}`) : e;
@@ -214,6 +241,8 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
   private readonly zeros: Buffer;
   /** Decompression and hash checks of asynchronous reads, off the main thread (one pool per process). */
   private readonly decoder = DecodePool.shared();
+  /** Buffers of asynchronous reads, recycled (see BufferPool). */
+  readonly readBuffers = new BufferPool();
 
   constructor(readonly chunks: ChunkStore, readonly params: ChunkerParams) {
     this.zeros = Buffer.alloc(Math.max(params.max, params.fixedSize));
@@ -345,19 +374,38 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
       const first = run[0].loc;
       const last = run[run.length - 1].loc;
       const chunks = run;
-      const fetches = chunks.map((): LeafFetch => ({ done: Promise.resolve() }));
-      const done = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, last.offset + last.storedLength - first.offset)
+      // Container bytes and decoded bytes both live in recycled buffers (see BufferPool): the
+      // input goes back once decoded, the output once every chunk of the run is released.
+      const pool = this.readBuffers;
+      const length = last.offset + last.storedLength - first.offset;
+      let rawTotal = 0;
+      for (const { loc } of chunks) rawTotal += loc.rawLength;
+      const input = pool.take(length);
+      const batch = new PooledRun(pool, chunks.length);
+      const fetches = chunks.map((): LeafFetch => ({ done: Promise.resolve(), hold: () => batch.hold(), release: () => batch.release() }));
+      const done = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, length, Buffer.from(input, 0, length))
+        .catch((e: unknown) => {
+          pool.give(input); // never sent to the worker
+          throw e;
+        })
         // Decoded and verified off the main thread; each chunk carries its own error.
         .then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
           handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
-        }))))
+        })), pool.take(rawTotal)))
         .then(
-          (all) => chunks.forEach(({ i, loc }, k) => {
-            const r = all[k];
-            if (Buffer.isBuffer(r)) fetches[k].bytes = r;
-            else fetches[k].error = asError(damaged(handles[i], loc, r));
-          }),
-          (e: unknown) => chunks.forEach(({ i, loc }, k) => { fetches[k].error = asError(damaged(handles[i], loc, e)); }),
+          (r) => {
+            pool.give(r.input);
+            batch.settle(r.out);
+            chunks.forEach(({ i, loc }, k) => {
+              const c = r.chunks[k];
+              if (Buffer.isBuffer(c)) fetches[k].bytes = c;
+              else fetches[k].error = asError(damaged(handles[i], loc, c));
+            });
+          },
+          (e: unknown) => {
+            batch.settle(null);
+            chunks.forEach(({ i, loc }, k) => { fetches[k].error = asError(damaged(handles[i], loc, e)); });
+          },
         );
       chunks.forEach(({ i }, k) => {
         fetches[k].done = done;

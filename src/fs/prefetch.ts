@@ -63,12 +63,22 @@ export class Prefetcher {
     const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
     if (missing.length) this.start(missing);
     const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).fetch));
+    // This read holds its chunks until it has copied them, whatever the window forgets meanwhile.
+    for (const f of parts) f?.hold?.();
+    try {
+      return await this.serve(offset, end, near, leaves, parts, into);
+    } finally {
+      for (const f of parts) f?.release?.();
+    }
+  }
+
+  private async serve(offset: number, end: number, near: boolean, leaves: ObjectLeaf[], parts: Array<LeafFetch | null>, into?: Buffer): Promise<Buffer> {
     if (!near) {
       // A jump (random access, or a new pass from the start): keep only what this read uses.
       // (Before the first read the window holds only what concurrent first reads asked for.)
       if (this.front >= 0) {
         const used = new Set(leaves.map((l) => l.offset));
-        for (const k of this.window.keys()) if (!used.has(k)) this.window.delete(k);
+        for (const k of [...this.window.keys()]) if (!used.has(k)) this.drop(k);
       }
       this.aheadUntil = end;
       this.front = end;
@@ -91,13 +101,10 @@ export class Prefetcher {
       const f = parts[i];
       if (!f?.error) continue;
       // Forgotten, so a later read tries again rather than repeating the failure.
-      if (this.window.get(leaves[i].offset)?.fetch === f) this.window.delete(leaves[i].offset);
+      if (this.window.get(leaves[i].offset)?.fetch === f) this.drop(leaves[i].offset);
       throw f.error;
     }
-    if (!into && leaves.length === 1 && parts[0]?.bytes) {
-      // Within one chunk and nowhere to put it: a view of the chunk, no copy.
-      return parts[0].bytes.subarray(offset - leaves[0].offset, end - leaves[0].offset);
-    }
+    // Always a copy: the chunks' memory is recycled once released.
     const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     for (let i = 0; i < leaves.length; i++) {
       const leaf = leaves[i];
@@ -113,7 +120,7 @@ export class Prefetcher {
   /** Forgets every chunk; fetches still in flight finish and are dropped. */
   close(): void {
     this.closed = true;
-    this.window.clear();
+    for (const k of [...this.window.keys()]) this.drop(k);
   }
 
   /** Chunks held or awaited (for tests and stats). */
@@ -144,13 +151,26 @@ export class Prefetcher {
     }
     return leaves.map((leaf, i) => {
       const s = { leaf, fetch: fetches[i] };
-      if (!this.closed) this.window.set(leaf.offset, s);
+      // The window holds what it keeps; a closed reader keeps nothing.
+      if (this.closed) s.fetch.release?.();
+      else {
+        this.drop(leaf.offset);
+        this.window.set(leaf.offset, s);
+      }
       return s;
     });
   }
 
+  /** Forgets the window's chunk at `offset`, releasing it. */
+  private drop(offset: number): void {
+    const s = this.window.get(offset);
+    if (!s) return;
+    this.window.delete(offset);
+    s.fetch.release?.();
+  }
+
   private forgetBefore(offset: number): void {
-    for (const [k, s] of this.window) if (s.leaf.offset + s.leaf.length <= offset) this.window.delete(k);
+    for (const [k, s] of this.window) if (s.leaf.offset + s.leaf.length <= offset) this.drop(k);
   }
 
   private fetchAhead(from: number, to: number): void {
