@@ -155,6 +155,8 @@ export interface LeafSource {
    * share one `done`.
    */
   fetch(leaves: ObjectLeaf[]): LeafFetch[];
+  /** Optional: readies what leaves() will need over [from, to), in the background (never rejects). */
+  prepare?(from: number, to: number): Promise<void>;
 }
 
 /**

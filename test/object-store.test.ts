@@ -52,6 +52,30 @@ test('a range read costs O(log n) node lookups, not a scan', (t) => {
   t.true(gets <= depth + 2, `${gets} chunk reads for a 100-byte read at depth ${depth}`);
 });
 
+test('preloadNodes loads a range\'s lowest nodes in the background: leaves() then reads no node itself', async (t) => {
+  const { cas } = createTestStore(t, { small: true });
+  const data = pseudoRandomBytes(8 << 20, 4); // ~8k chunks of ~1 KiB: several levels of nodes
+  const { root } = cas.objects.writeObject(data);
+  cas.chunks.commit();
+  const objects = cas.objects;
+  (objects as unknown as { nodes: { clear(): void } }).nodes.clear();
+  const depth = objects.node(root!).level + 1;
+  t.true(depth >= 2, `depth ${depth}`);
+  let gets = 0;
+  const orig = cas.chunks.get.bind(cas.chunks);
+  cas.chunks.get = (h) => { gets++; return orig(h); };
+  await objects.preloadNodes(root!, 2_000_000, 6_000_000);
+  const upper = gets; // the few nodes above the lowest level, loaded as leaves() would
+  t.true(upper <= 2 * depth, `${upper} synchronous node reads while preloading`);
+  const leaves = objects.leaves(root!, 2_000_000, 6_000_000);
+  t.is(gets, upper, 'no node read by leaves() over the preloaded range');
+  t.true(leaves.length > 1000);
+  t.deepEqual(leaves.map((l) => l.offset), objects.leaves(root!, 2_000_000, 6_000_000).map((l) => l.offset));
+  objects.leaves(root!, 7_000_000, 7_100_000);
+  t.true(gets > upper, 'outside the range, leaves() still loads its own nodes');
+  await t.notThrowsAsync(objects.preloadNodes(root!, 5, 5), 'an empty range is nothing to do');
+});
+
 test('holes and all-zero blocks cost no storage and read back as zeros', (t) => {
   const { cas } = createTestStore(t);
   const data = Buffer.alloc(64 << 20);

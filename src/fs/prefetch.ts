@@ -24,6 +24,9 @@ export interface PrefetchOptions {
 
 export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, slackBytes: 4 * 1024 * 1024, behindBytes: 4 * 1024 * 1024 };
 
+/** How far past the read-ahead (in read-ahead windows) the source prepares. */
+const PREPARE_AHEAD = 4;
+
 interface Slot {
   leaf: ObjectLeaf;
   fetch: LeafFetch;
@@ -41,6 +44,8 @@ export class Prefetcher {
   private front = -1;
   /** Everything below this offset (and above the read position) was already started. */
   private aheadUntil = 0;
+  /** The source was asked to prepare up to here (see LeafSource.prepare). */
+  private preparedUntil = 0;
   private closed = false;
   private inFlight = 0;
 
@@ -81,6 +86,7 @@ export class Prefetcher {
         for (const k of [...this.window.keys()]) if (!used.has(k)) this.drop(k);
       }
       this.aheadUntil = end;
+      this.preparedUntil = 0;
       this.front = end;
     } else {
       this.front = Math.max(this.front, end);
@@ -176,6 +182,12 @@ export class Prefetcher {
   private fetchAhead(from: number, to: number): void {
     to = Math.min(to, this.size);
     if (from >= to) return;
+    // The source readies what leaves() will need further on (Merkle nodes) well before it is needed.
+    if (this.source.prepare && to + 2 * this.opts.aheadBytes > this.preparedUntil && this.preparedUntil < this.size) {
+      const start = Math.max(to, this.preparedUntil);
+      this.preparedUntil = Math.min(this.size, to + PREPARE_AHEAD * this.opts.aheadBytes);
+      void this.source.prepare(start, this.preparedUntil);
+    }
     const wanted = this.source.leaves(from, to).filter((l) => !this.source.isHole(l) && !this.window.has(l.offset));
     if (wanted.length) this.start(wanted);
     this.aheadUntil = to;

@@ -44,6 +44,8 @@ const PIECE = 4 * 1024 * 1024;
 /** Native reads land in recycled buffers of at least this size (a FUSE request is at most 128 KiB). */
 const SCRATCH_BYTES = 256 * 1024;
 const SCRATCH_KEPT = 8;
+/** While reads check new leaves, the Merkle nodes this far past them are loaded in the background. */
+const PREPARE_BYTES = 64 * 1024 * 1024;
 
 /** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
 class Checked {
@@ -114,6 +116,8 @@ export class PerformancePool {
   readonly dir: string;
   private readonly db: Database.Database;
   private readonly verified = new Map<string, Checked>();
+  /** Per object, how far its Merkle nodes were asked to load ahead (see ObjectStore.preloadNodes). */
+  private readonly prepared = new Map<string, number>();
   /** Buffers for native reads, reused (a fresh 128 KiB buffer per request kept the GC busy). */
   private readonly spare: Buffer[] = [];
   private readonly fds = new Map<string, number>();
@@ -361,6 +365,11 @@ export class PerformancePool {
     if (!seen) { seen = new Checked(); this.verified.set(key, seen); }
     const unseen: Leaf[] = [];
     if (end > offset && !seen.covers(offset, end)) {
+      const until = this.prepared.get(key) ?? 0;
+      if (end + PREPARE_BYTES / 2 > until) {
+        this.prepared.set(key, end + PREPARE_BYTES);
+        void objects.preloadNodes(root, Math.max(end, until), end + PREPARE_BYTES);
+      }
       for (const l of objects.leaves(root, offset, end)) {
         if (isHole(l.handle)) seen.add(l.offset, l.offset + l.length); // nothing stored there to check
         else if (!seen.covers(l.offset, l.offset + l.length)) unseen.push(l);
@@ -400,6 +409,7 @@ export class PerformancePool {
     if (fd !== undefined) this.closeNow(fd);
     this.fds.delete(key);
     this.verified.delete(key);
+    this.prepared.delete(key);
   }
 
   /** Closes an fd, or marks it to close after its reads in flight: a reused number could serve another file. */
