@@ -42,6 +42,33 @@ export class BufferPool {
   }
 }
 
+/**
+ * One recycled buffer shared by the LeafFetches of one batch (a container read and its decoded
+ * chunks, or one native read): it returns to the pool once its bytes are final (settle) and every
+ * holder has released its chunk.
+ */
+export class PooledRun {
+  private out: ArrayBuffer | null = null;
+  private settled = false;
+
+  constructor(private readonly pool: BufferPool, private holders: number) {}
+
+  hold(): void {
+    this.holders++;
+  }
+
+  release(): void {
+    if (--this.holders === 0 && this.settled && this.out) this.pool.give(this.out);
+  }
+
+  /** The batch's bytes are final (`out` null: nothing to give back, e.g. a worker that failed kept it). */
+  settle(out: ArrayBuffer | null): void {
+    this.settled = true;
+    this.out = out;
+    if (this.holders === 0 && out) this.pool.give(out);
+  }
+}
+
 function classOf(bytes: number): number {
   let size = MIN_CLASS;
   while (size < bytes) size *= 2;

@@ -26,7 +26,8 @@ export interface MerkleNode {
   starts: number[];
 }
 
-export const isHole = (h: Handle) => h.equals(ZERO_HANDLE);
+/** A hole's handle is all zeros; a hash's first byte rules almost every other handle out without a native call. */
+export const isHole = (h: Handle) => h[0] === 0 && h.equals(ZERO_HANDLE);
 export const nodeSize = (n: MerkleNode) => n.starts[n.starts.length - 1];
 
 export function encodeNode(level: number, flags: number, chunking: Chunking, handles: Handle[], lengths: number[]): Buffer {

@@ -12,7 +12,7 @@ import {
 import { decodeTree, encodeTree } from './tree-codec.js';
 import { decompressChunk } from './codec.js';
 import { DecodePool } from './decode-pool.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool, PooledRun } from './buffer-pool.js';
 import { containerBlobName } from './container-file.js';
 import { corrupt, StrataError } from '../errors.js';
 
@@ -36,32 +36,6 @@ const where = (handle: Handle, loc: ChunkLocation) => `chunk ${shortHex(handle)}
 
 /** A missing or short container, or a payload that does not decode, is damage (ECORRUPT), not a missing file. */
 const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
-
-/**
- * The decoded bytes of one container read, shared by its chunks' LeafFetches: the buffer returns
- * to the pool once the worker has handed it back and every holder has released its chunk.
- */
-class PooledRun {
-  private out: ArrayBuffer | null = null;
-  private settled = false;
-
-  constructor(private readonly pool: BufferPool, private holders: number) {}
-
-  hold(): void {
-    this.holders++;
-  }
-
-  release(): void {
-    if (--this.holders === 0 && this.settled && this.out) this.pool.give(this.out);
-  }
-
-  /** The worker's answer arrived (`out` null: it failed, the buffer is lost). */
-  settle(out: ArrayBuffer | null): void {
-    this.settled = true;
-    this.out = out;
-    if (this.holders === 0 && out) this.pool.give(out);
-  }
-}
 
 function damaged(handle: Handle, loc: ChunkLocation, e: unknown): unknown {
   return e instanceof StrataError ? corrupt(`${where(handle, loc)}: ${e.message}`) : e;

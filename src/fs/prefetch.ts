@@ -26,6 +26,8 @@ export const DEFAULT_PREFETCH: PrefetchOptions = { aheadBytes: 8 * 1024 * 1024, 
 
 /** How far past the read-ahead (in read-ahead windows) the source prepares. */
 const PREPARE_AHEAD = 4;
+/** Chunks behind the read position are forgotten each time it has moved on this share of the read-ahead (a walk over the window on every request cost more than the copy). */
+const FORGET_STEPS = 8;
 
 interface Slot {
   leaf: ObjectLeaf;
@@ -34,8 +36,9 @@ interface Slot {
 
 /**
  * Reads byte ranges of one object, keeping a window of fetched or in-flight chunks around the
- * read position. Memory per reader stays below aheadBytes plus one request and one chunk on each
- * side. Not safe to share between objects: make one per open handle.
+ * read position. Memory per reader stays below aheadBytes plus behindBytes (trimmed in steps of an
+ * eighth of aheadBytes) plus one request and one chunk on each side. Not safe to share between
+ * objects: make one per open handle.
  */
 export class Prefetcher {
   /** Fetched or in-flight leaves by offset, in the order they were started. */
@@ -46,6 +49,8 @@ export class Prefetcher {
   private aheadUntil = 0;
   /** The source was asked to prepare up to here (see LeafSource.prepare). */
   private preparedUntil = 0;
+  /** Where the window was last trimmed behind the read position. */
+  private forgotAt = 0;
   private closed = false;
   private inFlight = 0;
 
@@ -92,7 +97,10 @@ export class Prefetcher {
       this.front = Math.max(this.front, end);
     }
     if (near || offset === 0) {
-      this.forgetBefore(this.front - this.opts.behindBytes);
+      if (Math.abs(this.front - this.forgotAt) >= this.opts.aheadBytes / FORGET_STEPS) {
+        this.forgotAt = this.front;
+        this.forgetBefore(this.front - this.opts.behindBytes);
+      }
       // Refill in large steps, once half the read-ahead is used: one batch of a few MiB lets the
       // source read neighbouring chunks with one I/O, where a refill per request would not.
       const front = this.front;

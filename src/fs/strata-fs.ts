@@ -433,10 +433,10 @@ export class StrataFs implements Namespace {
   }
 
   /**
-   * Stored content is read asynchronously: from containers through a per-handle prefetcher
-   * (container reads on the I/O pool, chunks ahead fetched concurrently, every chunk verified),
-   * from the performance pool's native file with one pread per request. A live file with
-   * unflushed writes reads synchronously through its buffer.
+   * Stored content is read asynchronously through a per-handle prefetcher: from containers (reads
+   * on the I/O pool, decoding on a worker) or, in a performance view, from the pool's native file
+   * while it holds a sound copy; chunks ahead are fetched concurrently and every chunk is verified.
+   * A live file with unflushed writes reads synchronously through its buffer.
    */
   read(fh: number, offset: number, length: number, into?: Buffer): Buffer | Promise<Buffer> {
     const h = this.handle(fh);
@@ -444,15 +444,8 @@ export class StrataFs implements Namespace {
     if (h.kind === 'view') {
       const root = h.entry.content;
       if (!root) return Buffer.alloc(0);
-      // The performance pool's native file, while it holds a sound copy; containers otherwise.
-      if (h.native) {
-        return this.pool.readAsync(root, offset, length, into).then((b) => {
-          if (b) return b;
-          h.native = false;
-          return this.viewReader(h, root).read(offset, length, into);
-        });
-      }
-      return this.viewReader(h, root).read(offset, length, into);
+      h.reader ??= new Prefetcher((h.native && this.pool.leafSource(root)) || this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
+      return h.reader.read(offset, length, into);
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
@@ -463,12 +456,6 @@ export class StrataFs implements Namespace {
       h.reader = { root: i.content, p: new Prefetcher(this.cas.objects.leafSource(i.content), this.cas.objects.objectSize(i.content)) };
     }
     return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)), into);
-  }
-
-  /** A view handle's reader over containers, made at its first read. */
-  private viewReader(h: Extract<Handle_, { kind: 'view' }>, root: Handle): Prefetcher {
-    h.reader ??= new Prefetcher(this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
-    return h.reader;
   }
 
   /** Stops a handle's read-ahead: chunks in flight are dropped when they arrive. */

@@ -4,13 +4,13 @@ import path from 'node:path';
 import type Database from 'better-sqlite3';
 import { diffEntries, diffObjects } from '../cas/diff.js';
 import { handleHex, handleKey, hashBytes } from '../cas/hash.js';
-import { childAt, isHole } from '../cas/merkle-node.js';
-import type { Leaf, ObjectStore } from '../cas/object-store.js';
+import { isHole } from '../cas/merkle-node.js';
 import type { CasStore } from '../cas/store.js';
 import { AsyncFds } from '../cas/async-fd.js';
+import { PooledRun } from '../cas/buffer-pool.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
-import type { Handle, SnapshotInfo, TreeEntry } from '../types.js';
+import type { Handle, LeafFetch, LeafSource, ObjectLeaf, SnapshotInfo, TreeEntry } from '../types.js';
 
 // The performance pool: the latest snapshots' large objects (disk and LUN images) kept as native,
 // uncompressed, sparse files, so reading them costs a pread instead of container reads and
@@ -41,11 +41,8 @@ CREATE TABLE IF NOT EXISTS perf_snapshots (snapshot TEXT PRIMARY KEY) WITHOUT RO
 `;
 
 const PIECE = 4 * 1024 * 1024;
-/** Native reads land in recycled buffers of at least this size (a FUSE request is at most 128 KiB). */
-const SCRATCH_BYTES = 256 * 1024;
-const SCRATCH_KEPT = 8;
-/** While reads check new leaves, the Merkle nodes this far past them are loaded in the background. */
-const PREPARE_BYTES = 64 * 1024 * 1024;
+/** A prefetcher's neighbouring leaves are read from the native file with one read of at most this much. */
+const NATIVE_RUN_BYTES = 4 * 1024 * 1024;
 
 /** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
 class Checked {
@@ -116,10 +113,6 @@ export class PerformancePool {
   readonly dir: string;
   private readonly db: Database.Database;
   private readonly verified = new Map<string, Checked>();
-  /** Per object, how far its Merkle nodes were asked to load ahead (see ObjectStore.preloadNodes). */
-  private readonly prepared = new Map<string, number>();
-  /** Buffers for native reads, reused (a fresh 128 KiB buffer per request kept the GC busy). */
-  private readonly spare: Buffer[] = [];
   private readonly fds = new Map<string, number>();
   /** Native reads in flight per fd, and fds to close once theirs are done. */
   private readonly asyncFds = new AsyncFds();
@@ -306,52 +299,98 @@ export class PerformancePool {
 
   /**
    * Reads a byte range of an object: natively when the pool holds it (each chunk's bytes checked
-   * against its handle the first time), else from containers.
+   * against its handle the first time), else from containers. Synchronous (hybrid seeding).
    */
   read(root: Handle, offset: number, length: number): Buffer {
-    const span = this.span(root, offset, length);
-    if (span === null) return this.cas.objects.readObject(root, offset, length);
-    if (span.empty) return Buffer.alloc(0);
-    const b = Buffer.alloc(span.to - span.from);
+    const objects = this.cas.objects;
+    const fd = this.fdOf(root);
+    if (fd === null) return objects.readObject(root, offset, length);
+    const end = Math.min(objects.objectSize(root), offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    // Whole leaves, so each can be checked.
+    const leaves = objects.leaves(root, offset, end);
+    const from = leaves[0].offset;
+    const b = Buffer.alloc(leaves[leaves.length - 1].offset + leaves[leaves.length - 1].length - from);
     let got = 0;
     while (got < b.length) {
-      const n = fs.readSync(span.fd, b, got, b.length - got, span.from + got);
+      const n = fs.readSync(fd, b, got, b.length - got, from + got);
       if (n <= 0) break;
       got += n;
     }
-    return this.checked(root, span, b.subarray(0, got)) ?? this.cas.objects.readObject(root, offset, length);
+    return this.unsound(root, fd, leaves, b.subarray(0, got)).length === 0 ? b.subarray(offset - from, end - from) : objects.readObject(root, offset, length);
   }
 
   /**
-   * A byte range of a held object from its native file, read on the I/O pool (the kernel's own
-   * read-ahead on the native file does the prefetching); the leaves it covers are checked against
-   * their handles the first time. Resolves null when the pool does not hold the object or its copy
-   * turns out damaged (it is then retired, as read() does): the caller reads from containers.
+   * The leaves of a held object as a prefetcher reads them: from its native file (neighbouring
+   * leaves with one read on the I/O pool, into recycled memory), each checked against its handle
+   * the first time; from containers once the copy is gone or turned out damaged (it is then
+   * retired, as read() does). Null when the pool does not hold the object.
    */
-  async readAsync(root: Handle, offset: number, length: number, into?: Buffer): Promise<Buffer | null> {
-    const span = this.span(root, offset, length);
-    if (span === null) return null;
-    if (span.empty) return Buffer.alloc(0);
-    const want = span.to - span.from;
-    if (!into) return this.checked(root, span, await this.asyncFds.read(span.fd, span.from, want));
-    // Into a buffer of ours, then copied: the native read runs on another thread, and `into` (FUSE's
-    // buffer) must not be written once the request was answered, say by a timeout.
-    const scratch = this.spare.pop() ?? Buffer.allocUnsafe(Math.max(SCRATCH_BYTES, want));
-    const tmp = scratch.length >= want ? scratch : Buffer.allocUnsafe(want);
-    try {
-      const got = await this.asyncFds.readInto(span.fd, tmp, span.from, want);
-      const b = this.checked(root, span, tmp.subarray(0, got));
-      return b && into.subarray(0, b.copy(into));
-    } finally {
-      if (this.spare.length < SCRATCH_KEPT) this.spare.push(tmp.length <= 4 * SCRATCH_BYTES ? tmp : scratch);
+  leafSource(root: Handle): LeafSource | null {
+    if (this.fdOf(root) === null) return null;
+    const objects = this.cas.objects;
+    return {
+      leaves: (from, to) => objects.leaves(root, from, to),
+      isHole: (leaf) => isHole(leaf.handle),
+      fetch: (leaves) => this.fetchNative(root, leaves),
+      prepare: (from, to) => objects.preloadNodes(root, from, to),
+    };
+  }
+
+  private fetchNative(root: Handle, leaves: ObjectLeaf[]): LeafFetch[] {
+    const fd = this.fdOf(root);
+    if (fd === null) return this.cas.objects.readChunksAsync(leaves.map((l) => l.handle));
+    const out: LeafFetch[] = [];
+    for (let i = 0; i < leaves.length;) {
+      let j = i + 1;
+      while (j < leaves.length && leaves[j].offset === leaves[j - 1].offset + leaves[j - 1].length &&
+        leaves[j].offset + leaves[j].length - leaves[i].offset <= NATIVE_RUN_BYTES) j++;
+      for (const f of this.readRun(root, fd, leaves.slice(i, j))) out.push(f);
+      i = j;
     }
+    return out;
   }
 
-  /**
-   * What a native read of [offset, offset + length) must fetch: the range itself, widened to whole
-   * leaves where some still need their check; null when the pool does not hold the object.
-   */
-  private span(root: Handle, offset: number, length: number) {
+  /** One native read for adjacent leaves; a leaf whose bytes are unsound (or a failed read) comes from containers instead. */
+  private readRun(root: Handle, fd: number, run: ObjectLeaf[]): LeafFetch[] {
+    const pool = this.cas.objects.readBuffers;
+    const from = run[0].offset;
+    const length = run[run.length - 1].offset + run[run.length - 1].length - from;
+    const ab = pool.take(length);
+    const batch = new PooledRun(pool, run.length);
+    const fetches = run.map((): LeafFetch => ({ done: Promise.resolve(), hold: () => batch.hold(), release: () => batch.release() }));
+    const done = this.asyncFds.readInto(fd, Buffer.from(ab, 0, length), from, length)
+      .then((got) => {
+        const unsound = this.unsound(root, fd, run, Buffer.from(ab, 0, got));
+        const bad = new Set(unsound);
+        run.forEach((leaf, k) => { if (!bad.has(k)) fetches[k].bytes = Buffer.from(ab, leaf.offset - from, leaf.length); });
+        return unsound;
+      }, (e: unknown) => {
+        if (this.fds.get(handleKey(root)) === fd) {
+          process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} cannot be read (${e instanceof Error ? e.message : String(e)}); reading from containers`);
+          this.retire(root);
+        }
+        return run.map((_, k) => k);
+      })
+      .then(async (unsound) => {
+        if (!unsound.length) return;
+        const alt = this.cas.objects.readChunksAsync(unsound.map((k) => run[k].handle));
+        await Promise.all(new Set(alt.map((f) => f.done)));
+        unsound.forEach((k, n) => {
+          const a = alt[n];
+          // A copy: the container batch's memory goes back at once, this run's stays with its holders.
+          if (a.bytes) fetches[k].bytes = Buffer.from(a.bytes);
+          else fetches[k].error = a.error ?? new Error(`chunk at ${run[k].offset} could not be read`);
+          a.release?.();
+        });
+      })
+      .finally(() => batch.settle(ab));
+    for (const f of fetches) f.done = done;
+    return fetches;
+  }
+
+  /** The native file of a held object, opened once; null when the pool does not hold it. */
+  private fdOf(root: Handle): number | null {
     const key = handleKey(root);
     let fd = this.fds.get(key);
     if (fd === undefined) {
@@ -359,43 +398,35 @@ export class PerformancePool {
       fd = fs.openSync(this.fileOf(root), 'r');
       this.fds.set(key, fd);
     }
-    const objects = this.cas.objects;
-    const end = Math.min(objects.objectSize(root), offset + length);
-    let seen = this.verified.get(key);
-    if (!seen) { seen = new Checked(); this.verified.set(key, seen); }
-    const unseen: Leaf[] = [];
-    if (end > offset && !seen.covers(offset, end)) {
-      const until = this.prepared.get(key) ?? 0;
-      if (end + PREPARE_BYTES / 2 > until) {
-        this.prepared.set(key, end + PREPARE_BYTES);
-        void objects.preloadNodes(root, Math.max(end, until), end + PREPARE_BYTES);
-      }
-      for (const l of objects.leaves(root, offset, end)) {
-        if (isHole(l.handle)) seen.add(l.offset, l.offset + l.length); // nothing stored there to check
-        else if (!seen.covers(l.offset, l.offset + l.length)) unseen.push(l);
-      }
-    }
-    const last = unseen[unseen.length - 1];
-    const from = unseen.length ? Math.min(offset, unseen[0].offset) : offset;
-    const to = last ? Math.max(end, last.offset + last.length) : end;
-    return { key, fd, seen, unseen, offset, end, from, to, empty: end <= offset };
+    return fd;
   }
 
-  /** The bytes asked for out of `b` (the span read), once its unchecked leaves match their handles; null if not (the copy is retired). */
-  private checked(root: Handle, span: NonNullable<ReturnType<PerformancePool['span']>>, b: Buffer): Buffer | null {
-    for (const leaf of span.unseen) {
-      const data = b.subarray(leaf.offset - span.from, leaf.offset - span.from + leaf.length);
-      if (data.length !== leaf.length || !hashBytes(data).equals(leaf.handle)) {
-        if (this.fds.get(span.key) === span.fd) {
-          process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaf.offset}; reading from containers`);
-          this.retire(root);
-        }
-        return null;
-      }
-      span.seen.add(leaf.offset, leaf.offset + leaf.length);
+  /**
+   * Which of `leaves` (adjacent) the native bytes `b`, read from `fd` at the first leaf's offset, do
+   * not hold. Each leaf is checked against its handle the first time and remembered after (holes
+   * only need their length); a mismatch retires the copy, once (reads in flight on the same fd find
+   * it retired already).
+   */
+  private unsound(root: Handle, fd: number, leaves: ObjectLeaf[], b: Buffer): number[] {
+    const key = handleKey(root);
+    let seen = this.verified.get(key);
+    if (!seen) { seen = new Checked(); this.verified.set(key, seen); }
+    const from = leaves[0].offset;
+    const to = leaves[leaves.length - 1].offset + leaves[leaves.length - 1].length;
+    if (b.length >= to - from && seen.covers(from, to)) return [];
+    const bad: number[] = [];
+    leaves.forEach((leaf, k) => {
+      const start = leaf.offset - from;
+      if (b.length < start + leaf.length) bad.push(k);
+      else if (isHole(leaf.handle) || seen.covers(leaf.offset, leaf.offset + leaf.length)) return;
+      else if (hashBytes(b.subarray(start, start + leaf.length)).equals(leaf.handle)) seen.add(leaf.offset, leaf.offset + leaf.length);
+      else bad.push(k);
+    });
+    if (bad.length && this.fds.get(key) === fd) {
+      process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaves[bad[0]].offset}; reading from containers`);
+      this.retire(root);
     }
-    if (b.length < span.end - span.from) return null; // shorter than the object says: not a copy to trust
-    return b.subarray(span.offset - span.from, span.end - span.from);
+    return bad;
   }
 
   private retire(root: Handle): void {
@@ -409,7 +440,6 @@ export class PerformancePool {
     if (fd !== undefined) this.closeNow(fd);
     this.fds.delete(key);
     this.verified.delete(key);
-    this.prepared.delete(key);
   }
 
   /** Closes an fd, or marks it to close after its reads in flight: a reused number could serve another file. */
