@@ -1,4 +1,5 @@
 import test from 'ava';
+import { BufferPool } from '../src/cas/buffer-pool.js';
 import { compressChunk } from '../src/cas/codec.js';
 import { DecodePool } from '../src/cas/decode-pool.js';
 import { hashBytes } from '../src/cas/hash.js';
@@ -47,3 +48,42 @@ for (const [name, chunks] of [
     t.true(isStrataError(results[1], 'ECORRUPT'));
   });
 }
+
+test('shared buffers from the BufferPool are decoded in place on the worker and come back as the same objects', async (t) => {
+  const pool = new DecodePool(1);
+  t.teardown(() => pool.close());
+  const buffers = new BufferPool();
+  const chunks = [text(40_000, 7), pseudoRandomBytes(300_000, 8), text(50_000, 9)];
+  const good = batch(chunks);
+  const input = buffers.take(good.data.length);
+  const out = buffers.take(chunks.reduce((n, c) => n + c.length, 0));
+  t.true(input instanceof SharedArrayBuffer && out instanceof SharedArrayBuffer);
+  good.data.copy(Buffer.from(input));
+  const r = await pool.decode(Buffer.from(input, 0, good.data.length), good.items, out);
+  t.is(r.out, out, 'the same output buffer, not a copy');
+  t.is(r.input, input, 'the same input buffer');
+  r.chunks.forEach((g, i) => t.true(Buffer.isBuffer(g) && g.buffer === out && g.equals(chunks[i]), `chunk ${i} decoded into the shared buffer`));
+
+  // A damaged payload in a shared buffer is still ECORRUPT, and spares its neighbours.
+  Buffer.from(input)[good.items[1].start + 5] ^= 0x20;
+  const bad = await pool.decode(Buffer.from(input, 0, good.data.length), good.items, out);
+  t.true(Buffer.isBuffer(bad.chunks[0]) && bad.chunks[0].equals(chunks[0]));
+  t.true(isStrataError(bad.chunks[1], 'ECORRUPT'));
+  t.true(Buffer.isBuffer(bad.chunks[2]) && bad.chunks[2].equals(chunks[2]));
+});
+
+test('the BufferPool recycles shared buffers by size class and ignores unshared or odd-sized ones', (t) => {
+  const buffers = new BufferPool(1024 * 1024);
+  const a = buffers.take(100_000);
+  t.true(a instanceof SharedArrayBuffer);
+  t.is(a.byteLength, 128 * 1024);
+  buffers.give(a);
+  t.is(buffers.idleBytes, 128 * 1024);
+  t.is(buffers.take(128 * 1024), a, 'the same buffer again');
+  t.is(buffers.idleBytes, 0);
+  buffers.give(new ArrayBuffer(128 * 1024));
+  buffers.give(new SharedArrayBuffer(100_000));
+  t.is(buffers.idleBytes, 0, 'an unshared and an odd-sized buffer are not kept');
+  for (let i = 0; i < 10; i++) buffers.give(new SharedArrayBuffer(256 * 1024));
+  t.is(buffers.idleBytes, 1024 * 1024, 'no more than the limit is kept');
+});

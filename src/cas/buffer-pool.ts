@@ -1,21 +1,25 @@
-// Recycled ArrayBuffers for the read path. Every container read and every decoded batch used to
-// get a fresh ArrayBuffer of a few MiB; V8 counts those as external memory and answers a steady
-// stream of them with a full mark-compact every ~30 MiB (27 of them while reading a 1 GiB image,
-// about a core-second of GC across the main and helper threads). Buffers taken from here go back
-// when their user is done with them, so a sequential read allocates only while its window grows.
+// Recycled buffers for the read path. Every container read and every decoded batch used to get a
+// fresh ArrayBuffer of a few MiB; V8 counts those as external memory and answers a steady stream
+// of them with a full mark-compact every ~30 MiB (27 of them while reading a 1 GiB image, about a
+// core-second of GC across the main and helper threads). Buffers taken from here go back when
+// their user is done with them, so a sequential read allocates only while its window grows.
+// They are SharedArrayBuffers: an ArrayBuffer transferred to the decode worker and back arrives
+// as a new object that V8 counts as new external memory, so recycling transferred buffers still
+// drew a scavenge ("external memory pressure") every ~11 MiB in a daemon that had written a few
+// GB. A shared buffer goes to the worker and back without changing identity or accounting.
 
 /** Smallest size class; smaller requests get a buffer of this size. */
 const MIN_CLASS = 64 * 1024;
 
 export class BufferPool {
-  private readonly free = new Map<number, ArrayBuffer[]>();
+  private readonly free = new Map<number, SharedArrayBuffer[]>();
   private keptBytes = 0;
 
   /** At most `maxKeptBytes` of idle buffers are kept; beyond that, returned buffers are left to the GC. */
   constructor(private readonly maxKeptBytes = 64 * 1024 * 1024) {}
 
-  /** An ArrayBuffer of at least `bytes` (its size rounded up to a power of two). */
-  take(bytes: number): ArrayBuffer {
+  /** A SharedArrayBuffer of at least `bytes` (its size rounded up to a power of two). */
+  take(bytes: number): SharedArrayBuffer {
     const size = classOf(bytes);
     const list = this.free.get(size);
     const ab = list?.pop();
@@ -23,11 +27,12 @@ export class BufferPool {
       this.keptBytes -= size;
       return ab;
     }
-    return new ArrayBuffer(size);
+    return new SharedArrayBuffer(size);
   }
 
-  /** Hands a buffer back for reuse; the caller must hold no view of it any more. Detached or odd-sized buffers are ignored. */
-  give(ab: ArrayBuffer): void {
+  /** Hands a buffer back for reuse; the caller must hold no view of it any more. Unshared or odd-sized buffers are ignored. */
+  give(ab: ArrayBufferLike): void {
+    if (!(ab instanceof SharedArrayBuffer)) return;
     const size = ab.byteLength;
     if (size < MIN_CLASS || classOf(size) !== size || this.keptBytes + size > this.maxKeptBytes) return;
     let list = this.free.get(size);
@@ -48,7 +53,7 @@ export class BufferPool {
  * holder has released its chunk.
  */
 export class PooledRun {
-  private out: ArrayBuffer | null = null;
+  private out: ArrayBufferLike | null = null;
   private settled = false;
 
   constructor(private readonly pool: BufferPool, private holders: number) {}
@@ -62,7 +67,7 @@ export class PooledRun {
   }
 
   /** The batch's bytes are final (`out` null: nothing to give back, e.g. a worker that failed kept it). */
-  settle(out: ArrayBuffer | null): void {
+  settle(out: ArrayBufferLike | null): void {
     this.settled = true;
     this.out = out;
     if (this.holders === 0 && out) this.pool.give(out);

@@ -27,17 +27,18 @@ export interface DecodeRequest {
   data: Uint8Array;
   items: DecodeItem[];
   /** Where to put the raw bytes, when the caller has a buffer of at least their total size. */
-  out?: ArrayBuffer;
+  out?: ArrayBufferLike;
 }
 
 /**
  * Per item: where its raw bytes lie in `out`, or why it failed (the caller makes that ECORRUPT).
- * `data` is the request's buffer, handed back for reuse.
+ * `data` is the request's buffer, handed back for reuse. A worker leaves out `out` and `data`
+ * when they are shared buffers: the caller still has them.
  */
 export interface DecodeReply {
   id: number;
-  out: ArrayBuffer;
-  data: Uint8Array;
+  out?: ArrayBufferLike;
+  data?: Uint8Array;
   results: Array<{ offset: number; length: number } | { error: string }>;
 }
 
@@ -45,9 +46,9 @@ export interface DecodeReply {
 export interface DecodedBatch {
   chunks: Array<Buffer | Error>;
   /** Holds every decoded chunk; reusable once none of them is used any more. */
-  out: ArrayBuffer;
-  /** The container bytes' buffer, reusable now (a new object when it went to a worker and back). */
-  input: ArrayBuffer;
+  out: ArrayBufferLike;
+  /** The container bytes' buffer, reusable now (a new object when an unshared one went to a worker and back). */
+  input: ArrayBufferLike;
 }
 
 /** Decodes and verifies one batch (runs in the worker; also the inline fallback). */
@@ -96,11 +97,13 @@ export class DecodePool {
    * when given and large enough; rejects only when the worker itself fails. `data`'s buffer and
    * `out` are detached meanwhile (they travel to the worker) and come back in the result.
    */
-  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBuffer): Promise<DecodedBatch> {
-    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items, out })));
-    // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first.
-    const own = data.byteOffset === 0 && !(data.buffer instanceof SharedArrayBuffer) ? data : Buffer.from(data);
-    const transfer = [own.buffer as ArrayBuffer, ...(out && out !== own.buffer ? [out] : [])];
+  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBufferLike): Promise<DecodedBatch> {
+    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items, out }), {}));
+    // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first. A
+    // shared buffer is not transferred at all: the worker writes into the same memory.
+    const own = isShared(data.buffer) || data.byteOffset === 0 ? data : Buffer.from(data);
+    const transfer = [own.buffer, ...(out && out !== own.buffer ? [out] : [])].filter((b): b is ArrayBuffer => !isShared(b));
+    const sent = { out, data: own };
     const id = this.nextId++;
     const reply = new Promise<DecodeReply>((resolve, reject) => {
       const slot = this.pick();
@@ -109,7 +112,7 @@ export class DecodePool {
       slot.bytes += own.length;
       slot.w.postMessage({ id, data: own, out, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, transfer);
     });
-    return reply.then(unpack);
+    return reply.then((r) => unpack(r, sent));
   }
 
   close(): void {
@@ -146,11 +149,18 @@ export class DecodePool {
   }
 }
 
-/** Per item of a batch reply: its raw bytes, or ECORRUPT with the worker's reason. */
-function unpack(r: DecodeReply): DecodedBatch {
+/** Per item of a batch reply: its raw bytes, or ECORRUPT with the worker's reason; `sent` stands in for the shared buffers the worker left out. */
+function unpack(r: DecodeReply, sent: { out?: ArrayBufferLike; data?: Uint8Array }): DecodedBatch {
+  const out = r.out ?? sent.out;
+  const data = r.data ?? sent.data;
+  if (!out || !data) throw new Error('decode reply without its buffers');
   return {
-    chunks: r.results.map((x) => ('error' in x ? corrupt(x.error) : Buffer.from(r.out, x.offset, x.length))),
-    out: r.out,
-    input: r.data.buffer as ArrayBuffer,
+    chunks: r.results.map((x) => ('error' in x ? corrupt(x.error) : Buffer.from(out, x.offset, x.length))),
+    out,
+    input: data.buffer,
   };
+}
+
+export function isShared(b: ArrayBufferLike): b is SharedArrayBuffer {
+  return b instanceof SharedArrayBuffer;
 }

@@ -1,11 +1,16 @@
 // Worker thread of DecodePool: turns container bytes into verified raw chunks (zstd, then BLAKE3
-// against each chunk's handle) and sends them back in one transferred buffer.
+// against each chunk's handle) and sends them back in one buffer.
 import { parentPort } from 'node:worker_threads';
-import { decodeBatch, type DecodeRequest } from './decode-pool.js';
+import { decodeBatch, isShared, type DecodeReply, type DecodeRequest } from './decode-pool.js';
 
 parentPort?.on('message', (req: DecodeRequest) => {
-  const reply = decodeBatch(req);
-  // Both buffers go back: the caller reuses them.
-  const transfer = [reply.out, ...(reply.data.buffer !== reply.out ? [reply.data.buffer as ArrayBuffer] : [])];
+  const reply: DecodeReply = decodeBatch(req);
+  // Both buffers go back, for the caller to reuse: unshared ones transferred, shared ones left
+  // out of the reply (the caller holds the same memory).
+  const transfer: ArrayBuffer[] = [];
+  if (reply.out && isShared(reply.out)) delete reply.out;
+  else if (reply.out) transfer.push(reply.out);
+  if (reply.data && isShared(reply.data.buffer)) delete reply.data;
+  else if (reply.data && !transfer.includes(reply.data.buffer as ArrayBuffer)) transfer.push(reply.data.buffer as ArrayBuffer);
   parentPort?.postMessage(reply, transfer);
 });
