@@ -32,7 +32,7 @@ export class BufferPool {
 
   /** Hands a buffer back for reuse; the caller must hold no view of it any more. Unshared or odd-sized buffers are ignored. */
   give(ab: ArrayBufferLike): void {
-    if (!(ab instanceof SharedArrayBuffer)) return;
+    if (!isShared(ab)) return;
     const size = ab.byteLength;
     if (size < MIN_CLASS || classOf(size) !== size || this.keptBytes + size > this.maxKeptBytes) return;
     let list = this.free.get(size);
@@ -72,6 +72,18 @@ export class PooledRun {
     this.out = out;
     if (this.holders === 0 && out) this.pool.give(out);
   }
+}
+
+export function isShared(b: ArrayBufferLike): b is SharedArrayBuffer {
+  return b instanceof SharedArrayBuffer;
+}
+
+/**
+ * What to pass as postMessage's transfer list for these buffers: each distinct unshared one
+ * (transferred, so detached here); shared ones travel without it.
+ */
+export function transferList(...buffers: Array<ArrayBufferLike | undefined>): ArrayBuffer[] {
+  return [...new Set(buffers)].filter((b): b is ArrayBuffer => b !== undefined && !isShared(b));
 }
 
 function classOf(bytes: number): number {

@@ -2,6 +2,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { corrupt } from '../errors.js';
 import type { Codec, Handle } from '../types.js';
+import { isShared, transferList } from './buffer-pool.js';
 import { decompressChunkInto } from './codec.js';
 import { hashBytes } from './hash.js';
 
@@ -94,15 +95,16 @@ export class DecodePool {
 
   /**
    * Raw, verified bytes of each item, or the ECORRUPT error of those that fail, placed in `out`
-   * when given and large enough; rejects only when the worker itself fails. `data`'s buffer and
-   * `out` are detached meanwhile (they travel to the worker) and come back in the result.
+   * when given and large enough; rejects only when the worker itself fails. Unshared, `data`'s
+   * buffer and `out` are detached meanwhile (they travel to the worker) and come back in the
+   * result as new objects; shared ones (BufferPool's) are written in place and come back as they are.
    */
   decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBufferLike): Promise<DecodedBatch> {
     if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, items, out }), {}));
     // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first. A
     // shared buffer is not transferred at all: the worker writes into the same memory.
     const own = isShared(data.buffer) || data.byteOffset === 0 ? data : Buffer.from(data);
-    const transfer = [own.buffer, ...(out && out !== own.buffer ? [out] : [])].filter((b): b is ArrayBuffer => !isShared(b));
+    const transfer = transferList(own.buffer, out);
     const sent = { out, data: own };
     const id = this.nextId++;
     const reply = new Promise<DecodeReply>((resolve, reject) => {
@@ -159,8 +161,4 @@ function unpack(r: DecodeReply, sent: { out?: ArrayBufferLike; data?: Uint8Array
     out,
     input: data.buffer,
   };
-}
-
-export function isShared(b: ArrayBufferLike): b is SharedArrayBuffer {
-  return b instanceof SharedArrayBuffer;
 }
