@@ -1,5 +1,5 @@
 import test from 'ava';
-import { BufferPool } from '../src/cas/buffer-pool.js';
+import { BufferPool, copyBytes } from '../src/cas/buffer-pool.js';
 import { compressChunk } from '../src/cas/codec.js';
 import { DecodePool } from '../src/cas/decode-pool.js';
 import { hashBytes } from '../src/cas/hash.js';
@@ -86,4 +86,17 @@ test('the BufferPool recycles shared buffers by size class and ignores unshared 
   t.is(buffers.idleBytes, 0, 'an unshared and an odd-sized buffer are not kept');
   for (let i = 0; i < 10; i++) buffers.give(new SharedArrayBuffer(256 * 1024));
   t.is(buffers.idleBytes, 1024 * 1024, 'no more than the limit is kept');
+});
+
+test('copyBytes copies a view of shared memory into a buffer at an offset, and refuses to overrun it', (t) => {
+  const shared = Buffer.from(new BufferPool().take(1 << 16));
+  pseudoRandomBytes(1 << 16, 3).copy(shared);
+  const dst = Buffer.alloc(1000, 0xaa);
+  copyBytes(shared.subarray(5000, 5600), dst, 100);
+  t.true(dst.subarray(100, 700).equals(shared.subarray(5000, 5600)));
+  t.is(dst[99], 0xaa);
+  t.is(dst[700], 0xaa);
+  copyBytes(shared.subarray(0, 0), dst, 1000); // empty: nothing to do, even at the end
+  t.throws(() => copyBytes(shared.subarray(0, 10), dst, 995), { instanceOf: RangeError });
+  t.is(dst[995], 0xaa, 'an overrun writes nothing');
 });

@@ -73,6 +73,21 @@ test('sequential reads arriving out of order (the kernel\'s concurrent read-ahea
   t.true(p.windowSize <= (16_000 + 4000) / 1000 + 3, `window stays bounded (${p.windowSize})`);
 });
 
+test('a read whose chunks are all in the window answers at once, with no promise; one that must wait gets a promise', async (t) => {
+  const f = fakeSource(40, 1000);
+  const p = new Prefetcher(f.source, f.total, { aheadBytes: 10_000, slackBytes: 1000, behindBytes: 1000 });
+  const first = p.read(0, 1000);
+  t.true(first instanceof Promise, 'nothing fetched yet');
+  t.true((await first).equals(f.expected(0, 1000)));
+  await new Promise((r) => setImmediate(r)); // the read-ahead arrives
+  const into = Buffer.alloc(2500, 0xee);
+  const next = p.read(1000, 2000, into);
+  t.false(next instanceof Promise, 'served from the window');
+  t.true((next as Buffer).equals(f.expected(1000, 3000)));
+  t.is((next as Buffer).buffer, into.buffer, 'in place');
+  t.is(into[2000], 0xee, 'nothing written past the read');
+});
+
 test('random reads fetch only what they need and keep no window', async (t) => {
   const f = fakeSource(100, 1000);
   const p = new Prefetcher(f.source, f.total, { aheadBytes: 8000, slackBytes: 0, behindBytes: 0 });
@@ -97,10 +112,10 @@ test('a failed leaf fails the read that needs it, not a read before it, and is f
   const f = fakeSource(20, 1000, { failing: new Set([5]) });
   const p = new Prefetcher(f.source, f.total, { aheadBytes: 10_000, slackBytes: 1000, behindBytes: 0 });
   t.true((await p.read(0, 4000)).equals(f.expected(0, 4000)), 'leaf 5 was prefetched and failed; this read does not need it');
-  const e = await t.throwsAsync(p.read(4000, 2000));
+  const e = await t.throwsAsync(Promise.resolve(p.read(4000, 2000)));
   t.is((e as StrataError).code, 'ECORRUPT');
   const before = f.fetched.filter((i) => i === 5).length;
-  await t.throwsAsync(p.read(5000, 10));
+  await t.throwsAsync(Promise.resolve(p.read(5000, 10)));
   t.is(f.fetched.filter((i) => i === 5).length, before + 1, 'retried, not served from a remembered failure');
 });
 
@@ -113,11 +128,11 @@ test('close forgets the window; fetches in flight finish and leave nothing behin
   p.close();
   t.is(p.windowSize, 0);
   f.release();
-  await first.catch(() => undefined);
+  await Promise.resolve(first).catch(() => undefined);
   await new Promise((r) => setImmediate(r));
   t.is(p.pending, 0);
   t.is(p.windowSize, 0);
-  await t.throwsAsync(p.read(0, 10));
+  await t.throwsAsync(Promise.resolve(p.read(0, 10)));
 });
 
 test('recycled chunk memory: every fetch is released exactly once per holder, never while a read still copies it', async (t) => {

@@ -86,6 +86,19 @@ export function transferList(...buffers: Array<ArrayBufferLike | undefined>): Ar
   return [...new Set(buffers)].filter((b): b is ArrayBuffer => b !== undefined && !isShared(b));
 }
 
+/**
+ * Copies all of `src` into `dst` at `at` with one memcpy. Buffer#copy and TypedArray#set copy out
+ * of a SharedArrayBuffer with V8's word-by-word relaxed-atomic loop: measured on a performance
+ * view read (1 GiB, 128 KiB requests) that copy cost the main thread about 0.3 s per GiB more
+ * than a memcpy, most of its time per read. Buffer#fill with a buffer value is node's native
+ * fill, which memcpys the value once (and repeats it only when it is shorter than the range).
+ */
+export function copyBytes(src: Uint8Array, dst: Buffer, at: number): void {
+  if (src.length === 0) return; // fill() rejects an empty value
+  if (at < 0 || at + src.length > dst.length) throw new RangeError(`copy of ${src.length} bytes at ${at} overruns a buffer of ${dst.length}`);
+  dst.fill(src, at, at + src.length);
+}
+
 function classOf(bytes: number): number {
   let size = MIN_CLASS;
   while (size < bytes) size *= 2;

@@ -1,3 +1,4 @@
+import { copyBytes } from '../cas/buffer-pool.js';
 import type { LeafFetch, LeafSource, ObjectLeaf } from '../types.js';
 
 // Read-ahead for one open file. The kernel asks for 128 KiB at a time and waits for each answer
@@ -70,27 +71,45 @@ export class Prefetcher {
 
   /**
    * Bytes [offset, offset + length) clamped to the size; holes read as zeros. With `into` (at least
-   * `length` bytes) the bytes are copied there and a view of its start is returned.
+   * `length` bytes) the bytes are copied there and a view of its start is returned. Answers at once
+   * (no promise) when every chunk the read needs is in the window already: the usual case in a
+   * sequential read, where a promise per request cost more than the copy.
    */
-  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    if (this.closed) throw new Error('read from a closed prefetcher');
+  read(offset: number, length: number, into?: Buffer): Buffer | Promise<Buffer> {
+    if (this.closed) return Promise.reject(new Error('read from a closed prefetcher'));
     const end = Math.min(this.size, offset + Math.max(0, length));
     if (end <= offset) return Buffer.alloc(0);
-    const near = this.front >= 0 && offset >= this.front - this.opts.behindBytes && offset <= this.front + this.opts.slackBytes;
     const leaves = this.source.leaves(offset, end);
+    const near = this.front >= 0 && offset >= this.front - this.opts.behindBytes && offset <= this.front + this.opts.slackBytes;
     const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
     if (missing.length) this.start(missing);
     const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).fetch));
     // This read holds its chunks until it has copied them, whatever the window forgets meanwhile.
     for (const f of parts) f?.hold?.();
+    let waiting = false;
     try {
-      return await this.serve(offset, end, near, leaves, parts, into);
+      this.advance(offset, end, near, leaves);
+      let waits: Promise<void>[] | null = null;
+      for (const f of parts) if (f && !f.bytes && !f.error && !waits?.includes(f.done)) (waits ??= []).push(f.done);
+      if (!waits) {
+        try {
+          return this.copyOut(offset, end, leaves, parts, into);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+      }
+      waiting = true;
+      // `into` is written only once the read is sure to succeed, all at once, with no await in between.
+      return (waits.length === 1 ? waits[0] : Promise.all(waits))
+        .then(() => this.copyOut(offset, end, leaves, parts, into))
+        .finally(() => { for (const f of parts) f?.release?.(); });
     } finally {
-      for (const f of parts) f?.release?.();
+      if (!waiting) for (const f of parts) f?.release?.();
     }
   }
 
-  private async serve(offset: number, end: number, near: boolean, leaves: ObjectLeaf[], parts: Array<LeafFetch | null>, into?: Buffer): Promise<Buffer> {
+  /** Moves the window along with a read of [offset, end): forgets what is behind, fetches ahead. */
+  private advance(offset: number, end: number, near: boolean, leaves: ObjectLeaf[]): void {
     if (!near) {
       // A jump (random access, or a new pass from the start): keep only what this read uses.
       // (Before the first read the window holds only what concurrent first reads asked for.)
@@ -114,26 +133,24 @@ export class Prefetcher {
       const front = this.front;
       if (this.aheadUntil - front < this.opts.aheadBytes - this.opts.aheadBytes / REFILL_STEPS) this.fetchAhead(Math.max(front, this.aheadUntil), front + this.opts.aheadBytes);
     }
-    // Wait for the batches this read needs (usually one), then copy: `into` is written only once
-    // the read is sure to succeed, all at once, with no await in between.
-    let waits: Promise<void>[] | null = null;
-    for (const f of parts) if (f && !f.bytes && !f.error && !waits?.includes(f.done)) (waits ??= []).push(f.done);
-    if (waits) await (waits.length === 1 ? waits[0] : Promise.all(waits));
+  }
+
+  /** The read's bytes from its settled chunks, or the first chunk's error (that chunk is forgotten, so a later read tries again). */
+  private copyOut(offset: number, end: number, leaves: ObjectLeaf[], parts: Array<LeafFetch | null>, into?: Buffer): Buffer {
     for (let i = 0; i < leaves.length; i++) {
       const f = parts[i];
       if (!f?.error) continue;
-      // Forgotten, so a later read tries again rather than repeating the failure.
       if (this.window.get(leaves[i].offset)?.fetch === f) this.drop(leaves[i].offset);
       throw f.error;
     }
-    // Always a copy: the chunks' memory is recycled once released.
+    // Always a copy: the chunks' memory is recycled once released (copyBytes: it is shared memory).
     const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     for (let i = 0; i < leaves.length; i++) {
       const leaf = leaves[i];
       const s = Math.max(offset, leaf.offset);
       const e = Math.min(end, leaf.offset + leaf.length);
       const data = parts[i]?.bytes;
-      if (data) data.copy(out, s - offset, s - leaf.offset, e - leaf.offset);
+      if (data) copyBytes(data.subarray(s - leaf.offset, e - leaf.offset), out, s - offset);
       else out.fill(0, s - offset, e - offset); // a hole
     }
     return out;
