@@ -100,3 +100,26 @@ test('copyBytes copies a view of shared memory into a buffer at an offset, and r
   t.throws(() => copyBytes(shared.subarray(0, 10), dst, 995), { instanceOf: RangeError });
   t.is(dst[995], 0xaa, 'an overrun writes nothing');
 });
+
+test('check() hashes raw chunks where they lie: on a worker for a shared buffer, here for a small or unshared one; a changed byte or a piece past the end fails alone', async (t) => {
+  const pool = new DecodePool(1);
+  t.teardown(() => pool.close());
+  const buffers = new BufferPool();
+  for (const [name, chunks] of [
+    ['large', [text(40_000, 10), pseudoRandomBytes(300_000, 11), text(50_000, 12)]],
+    ['small', [text(100, 13), pseudoRandomBytes(2000, 14), text(50, 15)]],
+  ] as const) {
+    const raw = Buffer.concat([...chunks]);
+    let at = 0;
+    const items = chunks.map((c) => { const it = { handle: hashBytes(c), start: at, length: c.length }; at += c.length; return it; });
+    const shared = Buffer.from(buffers.take(raw.length), 0, raw.length);
+    raw.copy(shared);
+    for (const [kind, data] of [['shared', shared], ['unshared', Buffer.from(raw)]] as const) {
+      t.deepEqual(await pool.check(data, items), [true, true, true], `${name} ${kind}: all sound`);
+      data[items[1].start + 7] ^= 1;
+      t.deepEqual(await pool.check(data, items), [true, false, true], `${name} ${kind}: the changed chunk alone`);
+      data[items[1].start + 7] ^= 1;
+      t.deepEqual(await pool.check(data.subarray(0, data.length - 1), items), [true, true, false], `${name} ${kind}: the last chunk is cut short`);
+    }
+  }
+});

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { corrupt } from '../errors.js';
-import type { Codec, Handle } from '../types.js';
+import { Codec, type Handle } from '../types.js';
 import { isShared, transferList } from './buffer-pool.js';
 import { decompressChunkInto } from './codec.js';
 import { hashBytes } from './hash.js';
@@ -11,7 +11,8 @@ import { hashBytes } from './hash.js';
 // the bytes of a sequential read would take it most of a core. A batch is the container bytes of
 // one read (up to a few MiB, transferred, not copied) and the chunks inside it; the reply is
 // their raw bytes in one transferred buffer. Chunks still reach the kernel only once verified
-// here, against the handle the caller looked them up by.
+// here, against the handle the caller looked them up by. A check-only batch (raw bytes already
+// in place, such as a performance pool's native copy) is hashed where it lies.
 
 /** One chunk inside a batch's container bytes. */
 export interface DecodeItem {
@@ -29,6 +30,8 @@ export interface DecodeRequest {
   items: DecodeItem[];
   /** Where to put the raw bytes, when the caller has a buffer of at least their total size. */
   out?: ArrayBufferLike;
+  /** Check only: every item is raw (`length` = `rawLength`) and is hashed in `data`; results point into `data`. */
+  checkOnly?: boolean;
 }
 
 /**
@@ -54,6 +57,7 @@ export interface DecodedBatch {
 
 /** Decodes and verifies one batch (runs in the worker; also the inline fallback). */
 export function decodeBatch(req: DecodeRequest): DecodeReply {
+  if (req.checkOnly) return checkBatch(req);
   let total = 0;
   for (const it of req.items) total += it.rawLength;
   const out = req.out && req.out.byteLength >= total ? req.out : new ArrayBuffer(total);
@@ -71,6 +75,16 @@ export function decodeBatch(req: DecodeRequest): DecodeReply {
     }
   }
   return { id: req.id, out, data: req.data, results };
+}
+
+/** Hashes each item where it lies in the batch's bytes (a check-only batch). */
+function checkBatch(req: DecodeRequest): DecodeReply {
+  const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
+  const results = req.items.map((it): DecodeReply['results'][number] =>
+    it.start + it.length <= data.length && it.length === it.rawLength && hashBytes(data.subarray(it.start, it.start + it.length)).equals(it.handle)
+      ? { offset: it.start, length: it.length }
+      : { error: 'hash mismatch' });
+  return { id: req.id, data: req.data, results };
 }
 
 /** Batches smaller than this are decoded on the calling thread: the message costs more than the work. */
@@ -104,17 +118,34 @@ export class DecodePool {
     // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first. A
     // shared buffer is not transferred at all: the worker writes into the same memory.
     const own = isShared(data.buffer) || data.byteOffset === 0 ? data : Buffer.from(data);
-    const transfer = transferList(own.buffer, out);
     const sent = { out, data: own };
+    return this.post({ id: 0, data: own, out, items }, transferList(own.buffer, out)).then((r) => unpack(r, sent));
+  }
+
+  /**
+   * Whether each piece of `data` (a raw chunk at `start`, `length` bytes) hashes to its handle,
+   * checked on a worker when `data` is a shared buffer of some size (an unshared one, or a small
+   * batch, is checked here: copying it there would cost about what hashing it does). `data` must
+   * stay unchanged until the promise settles; rejects only when the worker itself fails.
+   */
+  check(data: Buffer, items: Array<{ handle: Handle; start: number; length: number }>): Promise<boolean[]> {
+    const req: DecodeRequest = { id: 0, data, checkOnly: true, items: items.map((it) => ({ ...it, codec: Codec.Raw, rawLength: it.length })) };
+    let bytes = 0;
+    for (const it of items) bytes += it.length;
+    const reply = bytes < MIN_OFFLOAD_BYTES || !isShared(data.buffer) ? Promise.resolve(decodeBatch(req)) : this.post(req, []);
+    return reply.then((r) => r.results.map((x) => !('error' in x)));
+  }
+
+  /** Sends a batch to the worker with the least bytes outstanding. */
+  private post(req: DecodeRequest, transfer: ArrayBuffer[]): Promise<DecodeReply> {
     const id = this.nextId++;
-    const reply = new Promise<DecodeReply>((resolve, reject) => {
+    return new Promise<DecodeReply>((resolve, reject) => {
       const slot = this.pick();
       if (slot.jobs.size === 0) slot.w.ref(); // a batch in flight keeps the process alive, an idle pool does not
-      slot.jobs.set(id, { bytes: own.length, resolve, reject });
-      slot.bytes += own.length;
-      slot.w.postMessage({ id, data: own, out, items: items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, transfer);
+      slot.jobs.set(id, { bytes: req.data.length, resolve, reject });
+      slot.bytes += req.data.length;
+      slot.w.postMessage({ ...req, id, items: req.items.map((it) => ({ ...it, handle: new Uint8Array(it.handle) })) } satisfies DecodeRequest, transfer);
     });
-    return reply.then((r) => unpack(r, sent));
   }
 
   close(): void {

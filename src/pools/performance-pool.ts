@@ -7,6 +7,7 @@ import { handleHex, handleKey, hashBytes } from '../cas/hash.js';
 import { isHole } from '../cas/merkle-node.js';
 import type { CasStore } from '../cas/store.js';
 import { AsyncFds } from '../cas/async-fd.js';
+import { DecodePool } from '../cas/decode-pool.js';
 import { PooledRun } from '../cas/buffer-pool.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
@@ -45,6 +46,11 @@ const PIECE = 4 * 1024 * 1024;
 const NATIVE_RUN_BYTES = 4 * 1024 * 1024;
 
 /** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
+/** Whether each leaf `ks[i]` of `leaves` hashes to its handle in `b` (the bytes from offset `from` on). */
+function checkHere(b: Buffer, from: number, leaves: ObjectLeaf[], ks: number[]): boolean[] {
+  return ks.map((k) => hashBytes(b.subarray(leaves[k].offset - from, leaves[k].offset - from + leaves[k].length)).equals(leaves[k].handle));
+}
+
 class Checked {
   private readonly ranges: [number, number][] = [];
 
@@ -116,6 +122,7 @@ export class PerformancePool {
   private readonly fds = new Map<string, number>();
   /** Native reads in flight per fd, and fds to close once theirs are done. */
   private readonly asyncFds = new AsyncFds();
+  private readonly checker = DecodePool.shared();
   private queue: Promise<unknown> = Promise.resolve();
   /** Grows whenever the set of held snapshots may have changed, so callers can cache snapshots(). */
   generation = 0;
@@ -317,7 +324,9 @@ export class PerformancePool {
       if (n <= 0) break;
       got += n;
     }
-    return this.unsound(root, fd, leaves, b.subarray(0, got)).length === 0 ? b.subarray(offset - from, end - from) : objects.readObject(root, offset, length);
+    const todo = this.toCheck(root, leaves, b.subarray(0, got));
+    const ok = checkHere(b, from, leaves, todo.check);
+    return this.settle(root, fd, leaves, todo, ok).length === 0 ? b.subarray(offset - from, end - from) : objects.readObject(root, offset, length);
   }
 
   /**
@@ -360,8 +369,13 @@ export class PerformancePool {
     const batch = new PooledRun(pool, run.length);
     const fetches = run.map((): LeafFetch => ({ done: Promise.resolve(), hold: () => batch.hold(), release: () => batch.release() }));
     const done = this.asyncFds.readInto(fd, Buffer.from(ab, 0, length), from, length)
-      .then((got) => {
-        const unsound = this.unsound(root, fd, run, Buffer.from(ab, 0, got));
+      .then(async (got) => {
+        // First reads are hashed on the decode worker, off the thread that answers the kernel.
+        const b = Buffer.from(ab, 0, got);
+        const todo = this.toCheck(root, run, b);
+        const ok = todo.check.length === 0 ? [] : await this.checker.check(b, todo.check.map((k) => ({ handle: run[k].handle, start: run[k].offset - from, length: run[k].length })))
+          .catch(() => checkHere(b, from, run, todo.check)); // the worker failed: check here
+        const unsound = this.settle(root, fd, run, todo, ok);
         const bad = new Set(unsound);
         run.forEach((leaf, k) => { if (!bad.has(k)) fetches[k].bytes = Buffer.from(ab, leaf.offset - from, leaf.length); });
         return unsound;
@@ -402,31 +416,43 @@ export class PerformancePool {
   }
 
   /**
-   * Which of `leaves` (adjacent) the native bytes `b`, read from `fd` at the first leaf's offset, do
-   * not hold. Each leaf is checked against its handle the first time and remembered after (holes
-   * only need their length); a mismatch retires the copy, once (reads in flight on the same fd find
-   * it retired already).
+   * What the native bytes `b` of `leaves` (adjacent, `b` read at the first one's offset) still need:
+   * `short`, the leaves `b` does not reach; `check`, those to hash against their handles (not
+   * holes, which only need their length, and not checked before).
    */
-  private unsound(root: Handle, fd: number, leaves: ObjectLeaf[], b: Buffer): number[] {
+  private toCheck(root: Handle, leaves: ObjectLeaf[], b: Buffer): { short: number[]; check: number[] } {
+    const seen = this.verified.get(handleKey(root));
+    const from = leaves[0].offset;
+    const to = leaves[leaves.length - 1].offset + leaves[leaves.length - 1].length;
+    if (seen && b.length >= to - from && seen.covers(from, to)) return { short: [], check: [] };
+    const short: number[] = [];
+    const check: number[] = [];
+    leaves.forEach((leaf, k) => {
+      if (b.length < leaf.offset - from + leaf.length) short.push(k);
+      else if (!isHole(leaf.handle) && !seen?.covers(leaf.offset, leaf.offset + leaf.length)) check.push(k);
+    });
+    return { short, check };
+  }
+
+  /**
+   * Records the checks of toCheck()'s `check` leaves (`ok[i]` for `check[i]`) and returns the
+   * leaves the native bytes do not hold. Checked leaves are remembered; a mismatch retires the
+   * copy, once (reads in flight on the same fd find it retired already).
+   */
+  private settle(root: Handle, fd: number, leaves: ObjectLeaf[], todo: { short: number[]; check: number[] }, ok: boolean[]): number[] {
     const key = handleKey(root);
     let seen = this.verified.get(key);
     if (!seen) { seen = new Checked(); this.verified.set(key, seen); }
-    const from = leaves[0].offset;
-    const to = leaves[leaves.length - 1].offset + leaves[leaves.length - 1].length;
-    if (b.length >= to - from && seen.covers(from, to)) return [];
-    const bad: number[] = [];
-    leaves.forEach((leaf, k) => {
-      const start = leaf.offset - from;
-      if (b.length < start + leaf.length) bad.push(k);
-      else if (isHole(leaf.handle) || seen.covers(leaf.offset, leaf.offset + leaf.length)) return;
-      else if (hashBytes(b.subarray(start, start + leaf.length)).equals(leaf.handle)) seen.add(leaf.offset, leaf.offset + leaf.length);
+    const bad = [...todo.short];
+    todo.check.forEach((k, i) => {
+      if (ok[i]) seen.add(leaves[k].offset, leaves[k].offset + leaves[k].length);
       else bad.push(k);
     });
     if (bad.length && this.fds.get(key) === fd) {
-      process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaves[bad[0]].offset}; reading from containers`);
+      process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaves[Math.min(...bad)].offset}; reading from containers`);
       this.retire(root);
     }
-    return bad;
+    return bad.sort((x, y) => x - y);
   }
 
   private retire(root: Handle): void {
