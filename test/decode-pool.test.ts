@@ -122,4 +122,14 @@ test('check() hashes raw chunks where they lie: on a worker for a shared buffer,
       t.deepEqual(await pool.check(data.subarray(0, data.length - 1), items), [true, true, false], `${name} ${kind}: the last chunk is cut short`);
     }
   }
+
+  // A worker that goes away with a batch in flight: the batch is checked here instead, not lost.
+  const chunks = [text(40_000, 16), pseudoRandomBytes(300_000, 17)];
+  const shared = Buffer.from(buffers.take(chunks[0].length + chunks[1].length), 0, chunks[0].length + chunks[1].length);
+  Buffer.concat(chunks).copy(shared);
+  shared[chunks[0].length + 3] ^= 1;
+  const items = [{ handle: hashBytes(chunks[0]), start: 0, length: chunks[0].length }, { handle: hashBytes(chunks[1]), start: chunks[0].length, length: chunks[1].length }];
+  const pending = pool.check(shared, items);
+  pool.close();
+  t.deepEqual(await pending, [true, false]);
 });

@@ -77,14 +77,23 @@ export function decodeBatch(req: DecodeRequest): DecodeReply {
   return { id: req.id, out, data: req.data, results };
 }
 
-/** Hashes each item where it lies in the batch's bytes (a check-only batch). */
+/** A raw chunk in place: `length` bytes at `start`, which should hash to `handle`. */
+export interface CheckItem {
+  handle: Uint8Array;
+  start: number;
+  length: number;
+}
+
+/** Whether each item lies within `data` and hashes to its handle, checked on this thread. */
+export function checkChunks(data: Uint8Array, items: readonly CheckItem[]): boolean[] {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return items.map((it) => it.start + it.length <= b.length && hashBytes(b.subarray(it.start, it.start + it.length)).equals(it.handle));
+}
+
+/** A check-only batch: each item hashed where it lies in the batch's bytes. */
 function checkBatch(req: DecodeRequest): DecodeReply {
-  const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
-  const results = req.items.map((it): DecodeReply['results'][number] =>
-    it.start + it.length <= data.length && it.length === it.rawLength && hashBytes(data.subarray(it.start, it.start + it.length)).equals(it.handle)
-      ? { offset: it.start, length: it.length }
-      : { error: 'hash mismatch' });
-  return { id: req.id, data: req.data, results };
+  const ok = checkChunks(req.data, req.items);
+  return { id: req.id, data: req.data, results: req.items.map((it, i) => (ok[i] ? { offset: it.start, length: it.length } : { error: 'hash mismatch' })) };
 }
 
 /** Batches smaller than this are decoded on the calling thread: the message costs more than the work. */
@@ -119,25 +128,25 @@ export class DecodePool {
     // shared buffer is not transferred at all: the worker writes into the same memory.
     const own = isShared(data.buffer) || data.byteOffset === 0 ? data : Buffer.from(data);
     const sent = { out, data: own };
-    return this.post({ id: 0, data: own, out, items }, transferList(own.buffer, out)).then((r) => unpack(r, sent));
+    return this.post({ data: own, out, items }, transferList(own.buffer, out)).then((r) => unpack(r, sent));
   }
 
   /**
-   * Whether each piece of `data` (a raw chunk at `start`, `length` bytes) hashes to its handle,
-   * checked on a worker when `data` is a shared buffer of some size (an unshared one, or a small
-   * batch, is checked here: copying it there would cost about what hashing it does). `data` must
-   * stay unchanged until the promise settles; rejects only when the worker itself fails.
+   * checkChunks() on a worker when `data` is a shared buffer of some size; an unshared one, or a
+   * small batch, is checked here (copying it there would cost about what hashing it does), and so
+   * is a batch whose worker fails. `data` must stay unchanged until the promise settles.
    */
-  check(data: Buffer, items: Array<{ handle: Handle; start: number; length: number }>): Promise<boolean[]> {
-    const req: DecodeRequest = { id: 0, data, checkOnly: true, items: items.map((it) => ({ ...it, codec: Codec.Raw, rawLength: it.length })) };
+  check(data: Buffer, items: CheckItem[]): Promise<boolean[]> {
     let bytes = 0;
     for (const it of items) bytes += it.length;
-    const reply = bytes < MIN_OFFLOAD_BYTES || !isShared(data.buffer) ? Promise.resolve(decodeBatch(req)) : this.post(req, []);
-    return reply.then((r) => r.results.map((x) => !('error' in x)));
+    if (bytes < MIN_OFFLOAD_BYTES || !isShared(data.buffer)) return Promise.resolve(checkChunks(data, items));
+    const raw = items.map((it) => ({ ...it, codec: Codec.Raw, rawLength: it.length }));
+    return this.post({ data, checkOnly: true, items: raw }, [])
+      .then((r) => r.results.map((x) => !('error' in x)), () => checkChunks(data, items));
   }
 
   /** Sends a batch to the worker with the least bytes outstanding. */
-  private post(req: DecodeRequest, transfer: ArrayBuffer[]): Promise<DecodeReply> {
+  private post(req: Omit<DecodeRequest, 'id'>, transfer: ArrayBuffer[]): Promise<DecodeReply> {
     const id = this.nextId++;
     return new Promise<DecodeReply>((resolve, reject) => {
       const slot = this.pick();

@@ -3,11 +3,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type Database from 'better-sqlite3';
 import { diffEntries, diffObjects } from '../cas/diff.js';
-import { handleHex, handleKey, hashBytes } from '../cas/hash.js';
+import { handleHex, handleKey } from '../cas/hash.js';
 import { isHole } from '../cas/merkle-node.js';
 import type { CasStore } from '../cas/store.js';
 import { AsyncFds } from '../cas/async-fd.js';
-import { DecodePool } from '../cas/decode-pool.js';
+import { type CheckItem, checkChunks, DecodePool } from '../cas/decode-pool.js';
 import { PooledRun } from '../cas/buffer-pool.js';
 import { lookupPath } from '../cas/tree-lookup.js';
 import type { Catalogue } from '../temporal/catalogue.js';
@@ -45,12 +45,12 @@ const PIECE = 4 * 1024 * 1024;
 /** A prefetcher's neighbouring leaves are read from the native file with one read of at most this much. */
 const NATIVE_RUN_BYTES = 4 * 1024 * 1024;
 
-/** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
-/** Whether each leaf `ks[i]` of `leaves` hashes to its handle in `b` (the bytes from offset `from` on). */
-function checkHere(b: Buffer, from: number, leaves: ObjectLeaf[], ks: number[]): boolean[] {
-  return ks.map((k) => hashBytes(b.subarray(leaves[k].offset - from, leaves[k].offset - from + leaves[k].length)).equals(leaves[k].handle));
+/** Leaves `ks` of `leaves` as pieces to check in bytes read from offset `from`. */
+function pieces(leaves: ObjectLeaf[], from: number, ks: number[]): CheckItem[] {
+  return ks.map((k) => ({ handle: leaves[k].handle, start: leaves[k].offset - from, length: leaves[k].length }));
 }
 
+/** Byte ranges of one object whose native bytes were checked, as sorted disjoint [from, to) pairs. */
 class Checked {
   private readonly ranges: [number, number][] = [];
 
@@ -325,7 +325,7 @@ export class PerformancePool {
       got += n;
     }
     const todo = this.toCheck(root, leaves, b.subarray(0, got));
-    const ok = checkHere(b, from, leaves, todo.check);
+    const ok = checkChunks(b, pieces(leaves, from, todo.check));
     return this.settle(root, fd, leaves, todo, ok).length === 0 ? b.subarray(offset - from, end - from) : objects.readObject(root, offset, length);
   }
 
@@ -373,8 +373,7 @@ export class PerformancePool {
         // First reads are hashed on the decode worker, off the thread that answers the kernel.
         const b = Buffer.from(ab, 0, got);
         const todo = this.toCheck(root, run, b);
-        const ok = todo.check.length === 0 ? [] : await this.checker.check(b, todo.check.map((k) => ({ handle: run[k].handle, start: run[k].offset - from, length: run[k].length })))
-          .catch(() => checkHere(b, from, run, todo.check)); // the worker failed: check here
+        const ok = todo.check.length === 0 ? [] : await this.checker.check(b, pieces(run, from, todo.check));
         const unsound = this.settle(root, fd, run, todo, ok);
         const bad = new Set(unsound);
         run.forEach((leaf, k) => { if (!bad.has(k)) fetches[k].bytes = Buffer.from(ab, leaf.offset - from, leaf.length); });
@@ -448,11 +447,12 @@ export class PerformancePool {
       if (ok[i]) seen.add(leaves[k].offset, leaves[k].offset + leaves[k].length);
       else bad.push(k);
     });
+    bad.sort((x, y) => x - y);
     if (bad.length && this.fds.get(key) === fd) {
-      process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaves[Math.min(...bad)].offset}; reading from containers`);
+      process.emitWarning(`performance pool copy of ${handleHex(root).slice(0, 12)} is damaged at ${leaves[bad[0]].offset}; reading from containers`);
       this.retire(root);
     }
-    return bad.sort((x, y) => x - y);
+    return bad;
   }
 
   private retire(root: Handle): void {
