@@ -10,6 +10,21 @@ const O_RDWR = 2;
 const names = (entries: readonly { name: string }[]) => entries.map((e) => e.name);
 const MiB = 1 << 20;
 
+/** Whether this process has `file` open, and with which of them O_DIRECT (from /proc/self/fdinfo). */
+function openedAs(file: string): { open: boolean; direct: boolean } {
+  let open = false;
+  let direct = false;
+  for (const n of fs.readdirSync('/proc/self/fd')) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${n}`) !== file) continue;
+      open = true;
+      const flags = parseInt(/^flags:\s*(\d+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${n}`, 'utf8'))?.[1] ?? '0', 8);
+      if (flags & fs.constants.O_DIRECT) direct = true;
+    } catch { /* closed meanwhile */ }
+  }
+  return { open, direct };
+}
+
 function writeAt(f: StrataFs, p: string, data: Buffer, offset: number, create = false): void {
   const fh = (create ? f.create(p, 0o644, O_RDWR, 0, 0) : f.open(p, O_RDWR)) as number;
   f.write(fh, data, offset);
@@ -93,6 +108,7 @@ test('native reads into the caller\'s buffer, in any order, check every chunk on
   }
   // Damage in the part not read yet: found when read, never served, and the read still answers right.
   const file = path.join(fresh.pool.dir, fs.readdirSync(fresh.pool.dir)[0]);
+  t.true(openedAs(file).direct, 'read with O_DIRECT');
   const fd = fs.openSync(file, 'r+');
   fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 30 * MiB + 12345);
   fs.closeSync(fd);
@@ -107,4 +123,33 @@ test('native reads into the caller\'s buffer, in any order, check every chunk on
   fresh.release(fh);
   await new Promise((r) => setImmediate(r));
   t.true(warnings.some((w) => w.includes('damaged')), warnings.join('\n'));
+});
+
+test('with directReads off, native reads go through the page cache: same bytes, damage still caught', async (t) => {
+  const { cas } = createTestStore(t, { directReads: false });
+  const f = StrataFs.open(cas);
+  const img = pseudoRandomBytes(36 * MiB, 11);
+  writeAt(f, '/live/disk.img', img, 0, true);
+  await f.snapshot('s1');
+  await f.pool.idle();
+  const file = path.join(f.pool.dir, fs.readdirSync(f.pool.dir)[0]);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 30 * MiB + 999);
+  fs.closeSync(fd);
+  const warnings: string[] = [];
+  const onWarn = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarn);
+  t.teardown(() => process.off('warning', onWarn));
+  const fresh = StrataFs.open(cas);
+  const fh = fresh.open('/pools/performance/s1/disk.img', 0) as number;
+  const REQ = 128 * 1024;
+  for (let off = 0; off < img.length; off += REQ) {
+    const got = await fresh.read(fh, off, REQ, Buffer.alloc(REQ));
+    t.true(got.equals(img.subarray(off, off + REQ)), `bytes at ${off}`);
+    // Before the damage is reached (the damaged copy is closed then).
+    if (off === 8 * MiB) t.deepEqual(openedAs(file), { open: true, direct: false }, 'read through the page cache');
+  }
+  fresh.release(fh);
+  await new Promise((r) => setImmediate(r));
+  t.true(warnings.some((w) => w.includes('damaged')), 'the damage was read from the native copy and caught');
 });

@@ -4,9 +4,29 @@ import fs from 'node:fs';
 // while a read or fsync of it is still queued could be reused for another file by the time the read runs, so
 // closing waits (without blocking) for the reads in flight on it.
 
+/**
+ * O_DIRECT reads need the file range and the memory aligned to the device's block size; 4 KiB
+ * suits every block size Linux file systems use.
+ */
+export const DIRECT_ALIGN = 4096;
+/** What a buffer needs beyond a direct read's length: the range rounded out on both sides, and room to align the memory. */
+export const DIRECT_SLACK = 3 * DIRECT_ALIGN;
+
+/** `file` opened for reading with O_DIRECT, or null where its file system refuses that (tmpfs, for one). */
+export function openDirect(file: string): number | null {
+  try {
+    return fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return null;
+    throw e;
+  }
+}
+
 export class AsyncFds {
   private readonly busy = new Map<number, number>();
   private readonly closeWhenIdle = new Set<number>();
+  /** Where each buffer's memory is aligned for O_DIRECT (see aligned()). */
+  private readonly alignedAt = new WeakMap<ArrayBufferLike, number>();
 
   /** Reads `length` bytes at `offset`; shorter only where the file ends. */
   async read(fd: number, offset: number, length: number): Promise<Buffer> {
@@ -30,6 +50,47 @@ export class AsyncFds {
       }
       return got;
     });
+  }
+
+  /**
+   * Reads `length` bytes at `offset` of `fd` (opened by openDirect) into `ab`, which must hold
+   * `length + DIRECT_SLACK` bytes, with one pread that bypasses the page cache; resolves a view of
+   * `ab` holding the bytes from `offset` on (shorter only where the file ends). Rejects with
+   * EINVAL if the file or the memory cannot be aligned after all.
+   */
+  readDirect(fd: number, ab: ArrayBufferLike, offset: number, length: number): Promise<Buffer> {
+    if (ab.byteLength < length + DIRECT_SLACK) return Promise.reject(new RangeError(`a direct read of ${length} bytes needs a buffer of ${length + DIRECT_SLACK}, not ${ab.byteLength}`));
+    const base = this.aligned(fd, ab);
+    const from = offset - (offset % DIRECT_ALIGN);
+    const lead = offset - from;
+    const span = Math.ceil((lead + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
+    if (base + span > ab.byteLength) return Promise.reject(new RangeError(`a direct read of ${length} bytes needs ${base + span} of a ${ab.byteLength}-byte buffer`));
+    return this.use(fd, () => new Promise<Buffer>((resolve, reject) => {
+      // One read: after a short one (the end of the file) the next offset would not be aligned.
+      fs.read(fd, new Uint8Array(ab, base, span), 0, span, from, (e, n) => (e ? reject(e) : resolve(Buffer.from(ab, base + lead, Math.max(0, Math.min(length, n - lead))))));
+    }));
+  }
+
+  /**
+   * The first offset of `ab` whose address suits direct reads of `fd`. JavaScript cannot see an
+   * address, so this tries: a direct read into memory the device cannot use fails with EINVAL
+   * before any I/O. Found once per buffer (BufferPool recycles them).
+   */
+  private aligned(fd: number, ab: ArrayBufferLike): number {
+    let at = this.alignedAt.get(ab);
+    if (at !== undefined) return at;
+    at = 0;
+    for (let k = 0; k < DIRECT_ALIGN; k += 16) {
+      try {
+        fs.readSync(fd, new Uint8Array(ab, k, DIRECT_ALIGN), 0, DIRECT_ALIGN, 0);
+        at = k;
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      }
+    }
+    this.alignedAt.set(ab, at);
+    return at;
   }
 
   /** fsync(2) of `fd`. */

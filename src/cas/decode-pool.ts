@@ -64,17 +64,19 @@ export interface DecodedBatch {
 
 const NUMS = 4;
 
-/** `items` in DecodeRequest's packed form. */
-function pack(items: readonly DecodeItem[]): { handles: Uint8Array; nums: Float64Array } {
+/** `items` in DecodeRequest's packed form; CheckItems as raw chunks. */
+function pack(items: readonly DecodeItem[] | readonly CheckItem[]): { handles: Uint8Array; nums: Float64Array } {
   const handles = new Uint8Array(items.length * HANDLE_BYTES);
   const nums = new Float64Array(items.length * NUMS);
-  items.forEach((it, i) => {
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
     handles.set(it.handle, i * HANDLE_BYTES);
-    nums[i * NUMS] = it.codec;
-    nums[i * NUMS + 1] = it.rawLength;
+    const coded = 'codec' in it;
+    nums[i * NUMS] = coded ? it.codec : Codec.Raw;
+    nums[i * NUMS + 1] = coded ? it.rawLength : it.length;
     nums[i * NUMS + 2] = it.start;
     nums[i * NUMS + 3] = it.length;
-  });
+  }
   return { handles, nums };
 }
 
@@ -172,9 +174,12 @@ export class DecodePool {
     let bytes = 0;
     for (const it of items) bytes += it.length;
     if (bytes < MIN_OFFLOAD_BYTES || !isShared(data.buffer)) return Promise.resolve(checkChunks(data, items));
-    const packed = pack(items.map((it) => ({ ...it, codec: Codec.Raw, rawLength: it.length })));
-    return this.post({ data, checkOnly: true, ...packed }, [])
-      .then((r) => Array.from(r.at, (x) => x >= 0), () => checkChunks(data, items));
+    return this.post({ data, checkOnly: true, ...pack(items) }, [])
+      .then((r) => {
+        const ok: boolean[] = new Array(items.length);
+        for (let i = 0; i < items.length; i++) ok[i] = r.at[i] >= 0;
+        return ok;
+      }, () => checkChunks(data, items));
   }
 
   /** Sends a batch to the worker with the least bytes outstanding. */

@@ -15,11 +15,14 @@ export interface StoreConfig {
   format: 1;
   chunker: ChunkerParams;
   containerSize: number;
-  /** Performance pool: files of at least thresholdBytes, for the latest keepPerBranch snapshots per branch (0: off). */
-  performance: { thresholdBytes: number; keepPerBranch: number };
+  /**
+   * Performance pool: files of at least thresholdBytes, for the latest keepPerBranch snapshots per
+   * branch (0: off); directReads false reads them through the page cache instead of with O_DIRECT.
+   */
+  performance: { thresholdBytes: number; keepPerBranch: number; directReads: boolean };
 }
 
-export const DEFAULT_PERFORMANCE = { thresholdBytes: 32 * 1024 * 1024, keepPerBranch: 2 };
+export const DEFAULT_PERFORMANCE = { thresholdBytes: 32 * 1024 * 1024, keepPerBranch: 2, directReads: true };
 
 export interface OpenOptions {
   /** Take the writer lock (import, rm, gc, rebuild). Readers need no lock. */
