@@ -1,33 +1,73 @@
 #!/usr/bin/env node
-// fuse-native 2.2.6 passes the access time in both slots of utimens (fuse-native.c, the
-// FUSE_METHOD_VOID(utimens) block: the second FUSE_UINT64_TO_INTS_ARGV uses l->atime), so every
-// `touch -d`, `cp -p`, `rsync -t` and `tar x` would store the wrong modification time in the live
-// tree. We correct that one line and build the addon from source (its headers and libfuse come with
-// the fuse-shared-library package; node-gyp-build then prefers build/Release over the prebuilds).
-// Run by npm as our postinstall; safe to run again; exits 0 without changes once patched.
+// Patches fuse-native 2.2.6's C source and builds the addon from it (its headers and libfuse come
+// with the fuse-shared-library package; node-gyp-build then prefers build/Release over the
+// prebuilds). Run by npm as our postinstall; safe to run again: the patches are applied to a
+// pristine copy (fuse-native.c.orig, saved the first time), and the addon is rebuilt only when
+// the result differs from what is there or nothing is built yet.
+//
+// 1. utimens: fuse-native passes the access time in both slots (the FUSE_METHOD_VOID(utimens)
+//    block: the second FUSE_UINT64_TO_INTS_ARGV uses l->atime), so every `touch -d`, `cp -p`,
+//    `rsync -t` and `tar x` would store the wrong modification time in the live tree.
+// 2. stat cache (scripts/fuse-native/stat-cache.c): readdir may be signalled with a lifetime in
+//    milliseconds after the names and stats; getattr on those entries is then answered on the
+//    FUSE thread from a table, without a round trip through JavaScript, for that long. Exposes
+//    stat_cache_clear(thread?) and stat_cache_info(). See src/fuse/fuse-ops.ts for who opts in.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
+const here = path.dirname(fileURLToPath(import.meta.url));
 const dir = path.dirname(require.resolve('fuse-native/package.json'));
 const src = path.join(dir, 'fuse-native.c');
-const BUG = 'FUSE_UINT64_TO_INTS_ARGV(l->atime, 5)';
-const FIX = 'FUSE_UINT64_TO_INTS_ARGV(l->mtime, 5) /* patched by strata: was l->atime */';
-const code = fs.readFileSync(src, 'utf8');
-const built = fs.existsSync(path.join(dir, 'build/Release/fuse.node'));
-if (code.includes(FIX) && built) process.exit(0);
-if (!code.includes(FIX)) {
-  if (!code.includes(BUG)) {
-    console.error('patch-fuse-native: the utimens line was not found; fuse-native changed? Check the mtime test.');
+const orig = `${src}.orig`;
+const statCache = fs.readFileSync(path.join(here, 'fuse-native', 'stat-cache.c'), 'utf8');
+
+const UTIMENS_BUG = 'FUSE_UINT64_TO_INTS_ARGV(l->atime, 5)';
+const UTIMENS_FIX = 'FUSE_UINT64_TO_INTS_ARGV(l->mtime, 5) /* patched by strata: was l->atime */';
+const PATCHES = [
+  ['utimens mtime', UTIMENS_BUG, () => UTIMENS_FIX],
+  ['stat cache code', '// Methods\n', (m) => `${statCache}\n${m}`],
+  ['getattr from the stat cache', 'FUSE_METHOD(getattr, 1, 1, (const char *path, struct stat *stat), {\n',
+    (m) => `${m}  if (strata_stat_get(l->fuse, path, stat)) return 0; /* patched by strata: stat cache */\n`],
+  ['readdir signal with a lifetime', 'FUSE_METHOD(readdir, 1, 2,', () => 'FUSE_METHOD(readdir, 1, 3, /* patched by strata: stat cache lifetime */'],
+  ['readdir fills the stat cache', '  napi_value raw_stats = argv[3];\n', (m) => `${m}  if (names_length == stats_length) { /* patched by strata: stat cache */
+    double strata_ttl_ms = 0;
+    if (napi_get_value_double(env, argv[4], &strata_ttl_ms) == napi_ok) strata_stat_put_listing(env, l->fuse, l->path, raw_names, raw_stats, names_length, strata_ttl_ms);
+  }
+`],
+  ['a new mount starts with no cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 2);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
+  ['unmount forgets cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 1);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
+  ['stat cache exports', '  NAPI_EXPORT_FUNCTION(fuse_native_unmount)\n', (m) => `${m}  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_clear) /* patched by strata */\n  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_info) /* patched by strata */\n`],
+];
+
+if (!fs.existsSync(orig)) {
+  let code = fs.readFileSync(src, 'utf8');
+  // Installs patched by an earlier version of this script carry the utimens fix alone.
+  if (code.split('patched by strata').length === 2 && code.includes(UTIMENS_FIX)) code = code.replace(UTIMENS_FIX, UTIMENS_BUG);
+  if (code.includes('patched by strata')) {
+    console.error(`patch-fuse-native: ${src} is patched but ${orig} is missing; reinstall fuse-native (rm -rf ${dir} && npm install)`);
     process.exit(1);
   }
-  fs.writeFileSync(src, code.replace(BUG, FIX));
+  fs.writeFileSync(orig, code);
 }
+let code = fs.readFileSync(orig, 'utf8');
+for (const [what, find, replace] of PATCHES) {
+  const n = code.split(find).length - 1;
+  if (n !== 1) {
+    console.error(`patch-fuse-native: "${what}": expected one ${JSON.stringify(find)} in fuse-native.c, found ${n}; fuse-native changed?`);
+    process.exit(1);
+  }
+  code = code.replace(find, () => replace(find));
+}
+const built = fs.existsSync(path.join(dir, 'build/Release/fuse.node'));
+if (built && fs.readFileSync(src, 'utf8') === code) process.exit(0);
+fs.writeFileSync(src, code);
 // npm puts its bundled node-gyp on PATH for lifecycle scripts; fall back to npx outside them.
 const gyp = (() => {
   try { execFileSync('node-gyp', ['--version'], { stdio: 'ignore' }); return ['node-gyp', []]; } catch { return ['npx', ['--yes', 'node-gyp']]; }
 })();
 execFileSync(gyp[0], [...gyp[1], 'rebuild'], { cwd: dir, stdio: 'inherit' });
-console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix');
+console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix and the stat cache');

@@ -330,4 +330,9 @@ export interface Namespace {
   removexattr(path: string, name: string): void | Promise<void>;
   /** Entry/attribute cache lifetime in seconds the kernel may use for this path (long for views). */
   cacheTimeout(path: string): number;
+  /**
+   * Whether the entries listed in directory `path` keep their attributes for as long as the set
+   * of snapshots stays the same (inside read-only snapshot views).
+   */
+  fixedListing(path: string): boolean;
 }

@@ -35,6 +35,41 @@ test.serial('a snapshot never changes when the live tree does; it appears in the
   t.is(fs.readFileSync(path.join(m.mnt, 'tree/two/data/d/new'), 'utf8'), 'new');
 });
 
+test.serial('after a listing of a view, stat is answered by the binding with the same attributes; live entries never are', (t) => {
+  const m = mountStore(t);
+  fs.mkdirSync(path.join(m.live, 'd'));
+  const names = ['a', 'b', 'c', 'link', 'sub'];
+  ['a', 'b', 'c'].forEach((n, i) => fs.writeFileSync(path.join(m.live, 'd', n), 'x'.repeat(1000 * (i + 1))));
+  fs.symlinkSync('a', path.join(m.live, 'd/link'));
+  fs.mkdirSync(path.join(m.live, 'd/sub'));
+  fs.chmodSync(path.join(m.live, 'd/b'), 0o600);
+  m.cli('snapshot', '--name', 's');
+  const view = path.join(m.mnt, 'pools/capacity/s/d');
+  const attrs = (p: string) => {
+    const s = fs.lstatSync(p);
+    return { ino: s.ino, mode: s.mode, size: s.size, nlink: s.nlink, uid: s.uid, gid: s.gid, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs, blocks: s.blocks };
+  };
+  // Before any listing: every stat is a getattr answered by the daemon's JavaScript.
+  const before = names.map((n) => attrs(path.join(view, n)));
+  // Once the kernel's own entries have expired (1 s), a listing fills the binding's cache and the
+  // kernel's lookups of those names are answered from it.
+  sh('sleep 1.2');
+  t.deepEqual(fs.readdirSync(view).sort(), [...names].sort());
+  t.deepEqual(names.map((n) => attrs(path.join(view, n))), before);
+  // The live tree's listings are never kept: a change shows at once.
+  sh('sleep 1.2');
+  fs.readdirSync(path.join(m.live, 'd'));
+  fs.appendFileSync(path.join(m.live, 'd/a'), 'more');
+  fs.chmodSync(path.join(m.live, 'd/c'), 0o640);
+  t.is(fs.statSync(path.join(m.live, 'd/a')).size, 1004); // a write makes the kernel ask for a's attributes again
+  t.is(fs.statSync(path.join(m.live, 'd/c')).mode & 0o777, 0o640);
+  t.is(fs.statSync(path.join(view, 'a')).size, 1000);
+  m.unmount();
+  const log = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8');
+  const hits = Number(/stat cache: (\d+) getattr answered/.exec(log)?.[1] ?? -1);
+  t.true(hits >= names.length, `the binding answered ${hits} getattr from listings:\n${log}`);
+});
+
 test.serial('branch restarts the live tree from an older snapshot; the next snapshot is its child', (t) => {
   const m = mountStore(t);
   fs.writeFileSync(path.join(m.live, 'f'), 'one');

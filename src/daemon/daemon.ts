@@ -22,7 +22,7 @@ import { CasStore } from '../cas/store.js';
 import { startReplicationServer, type ReplicationServer } from '../replication/server.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
-import { createFuse } from '../fuse/fuse-ops.js';
+import { createFuse, statCache } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
 import {
@@ -151,6 +151,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   let replication: ReplicationServer | null = null;
   const stop = (reason: string): Promise<number> => (stopping ??= (async () => {
     log.line(`stopping: ${reason}`);
+    const cached = statCache()?.info();
+    if (cached) log.line(`stat cache: ${cached.hits} getattr answered by the binding from view listings, ${cached.entries} entries held`);
     if (watcher) clearInterval(watcher);
     await replication?.close().catch((e) => log.line(`error: closing the replication listener: ${describe(e)}`));
     let code = 0;

@@ -744,8 +744,12 @@ export class StrataFs implements Namespace {
   }
 
   cacheTimeout(path: string): number {
+    return this.fixedListing(path) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
+  }
+
+  fixedListing(path: string): boolean {
     const { area, parts } = this.route(path);
-    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
+    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1);
   }
 
   // ---- flushing, snapshots, branches ---------------------------------------------------------

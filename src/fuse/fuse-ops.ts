@@ -19,7 +19,11 @@
 // - fgetattr is left unimplemented: libfuse then answers it with getattr by path.
 // - readdir answers (0, names, stats): with as many stats as names, fuse-native passes each stat to
 //   libfuse2's filler, so the kernel gets d_type instead of DT_UNKNOWN; with other lengths it
-//   passes names only. libfuse2 has no readdirplus, so the kernel still looks names up on stat.
+//   passes names only. libfuse2 has no readdirplus, so the kernel still looks names up on stat:
+//   scripts/patch-fuse-native.mjs adds a stat cache to the binding, and a listing the namespace
+//   calls fixed is signalled with a lifetime (the mount's attribute timeout, so nothing is ever
+//   older than the kernel's own cache could be), for which the binding answers getattr on those
+//   entries itself, on the FUSE thread (see statCache()).
 //   Its _op_readdir packs every stat object into a fresh 18-word Uint32Array (getStatArray) on each
 //   call, which for a 100k-file tree cost about as much as the rest of the listing: see
 //   usePackedReaddir() for how packed stats are passed instead.
@@ -32,6 +36,8 @@
 //   could serve stale pages for up to the attribute timeout, unless every such change also
 //   invalidated the kernel's cache (fuse_invalidate is not exposed by fuse-native either).
 
+import { createRequire } from 'node:module';
+import nodePath from 'node:path';
 import Fuse from 'fuse-native';
 import { isStrataError } from '../errors.js';
 import type { Attr, DirEntry, Namespace, StatFs } from '../types.js';
@@ -119,6 +125,38 @@ interface PackedListing {
   stats: Uint32Array[];
 }
 
+/** The stat cache scripts/patch-fuse-native.mjs adds to fuse-native's binding. */
+export interface StatCache {
+  /** Forgets what one mount (its fuse-native instance) has cached, or every mount's. */
+  clear(fuse?: Fuse): void;
+  /** Entries held, and getattr requests answered from them so far (all mounts of this process). */
+  info(): { entries: number; hits: number };
+}
+
+let statCacheBinding: StatCache | null | undefined;
+
+/**
+ * The binding's stat cache, or null when fuse-native was built without the patch (readdir's
+ * lifetime argument is then ignored, and every getattr comes here). The binding is the very
+ * module fuse-native loaded (node-gyp-build resolves the same file; a process loads it once).
+ */
+export function statCache(): StatCache | null {
+  if (statCacheBinding !== undefined) return statCacheBinding;
+  const require = createRequire(import.meta.url);
+  const binding = require('node-gyp-build')(nodePath.dirname(require.resolve('fuse-native/package.json'))) as Record<string, unknown>;
+  const clear = binding.fuse_native_stat_cache_clear as ((thread?: Buffer) => void) | undefined;
+  const info = binding.fuse_native_stat_cache_info as (() => [number, number]) | undefined;
+  statCacheBinding = typeof clear === 'function' && typeof info === 'function' ? {
+    clear: (fuse) => {
+      const thread = (fuse as unknown as { _thread?: Buffer | null } | undefined)?._thread;
+      if (fuse && !thread) return; // not mounted: nothing of it is cached
+      clear(thread ?? undefined);
+    },
+    info: () => { const [entries, hits] = info(); return { entries, hits }; },
+  } : null;
+  return statCacheBinding;
+}
+
 /** The part of a fuse-native instance usePackedReaddir() replaces. */
 export interface ReaddirHost {
   _op_readdir(signal: (code: number, ...rest: unknown[]) => void, path: string): void;
@@ -139,8 +177,8 @@ export function usePackedReaddir<T extends object>(fuse: T): T {
     throw new Error('fuse-native no longer has _op_readdir(); src/fuse/fuse-ops.ts needs updating for this version');
   }
   const op = function (this: ReaddirHost, signal: (code: number, ...rest: unknown[]) => void, path: string): void {
-    const readdir = this.ops.readdir as unknown as (p: string, cb: (err: number, names?: string[], stats?: Uint32Array[]) => void) => void;
-    readdir(path, (err, names, stats) => (err ? signal(err) : signal(0, names ?? [], stats ?? [])));
+    const readdir = this.ops.readdir as unknown as (p: string, cb: (err: number, names?: string[], stats?: Uint32Array[], keepMs?: number) => void) => void;
+    readdir(path, (err, names, stats, keepMs) => (err ? signal(err) : signal(0, names ?? [], stats ?? [], keepMs ?? 0)));
   };
   Object.defineProperty(fuse, '_op_readdir', { value: op, configurable: true, writable: true });
   return fuse;
@@ -216,6 +254,8 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
   }
 
   const done = () => [0];
+  /** How long the binding may answer getattr for the entries of a fixed listing: the kernel's own attribute timeout. */
+  const keepMs = Math.max(0, ns.cacheTimeout('/')) * 1000;
   /** Listings the namespace answers again unchanged (views) are packed once. */
   const packed = new WeakMap<readonly DirEntry[], PackedListing>();
   const pack = (entries: readonly DirEntry[]): PackedListing => {
@@ -236,7 +276,7 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
       // libfuse's filler, which sets d_type from st_mode (and d_ino from st_ino under use_ino).
       serve('readdir', path, cb, () => ns.readdir(path), (entries) => {
         const p = pack(entries);
-        return [0, p.names, p.stats];
+        return [0, p.names, p.stats, keepMs > 0 && ns.fixedListing(path) ? keepMs : 0];
       });
     },
     readlink(path, cb) {
