@@ -25,8 +25,9 @@ export function openDirect(file: string): number | null {
 export class AsyncFds {
   private readonly busy = new Map<number, number>();
   private readonly closeWhenIdle = new Set<number>();
-  /** Where each buffer's memory is aligned for O_DIRECT (see aligned()). */
+  /** Where each buffer's memory is aligned for O_DIRECT (see readDirect()), and where the last one's was. */
   private readonly alignedAt = new WeakMap<ArrayBufferLike, number>();
+  private lastAligned = 0;
 
   /** Reads `length` bytes at `offset`; shorter only where the file ends. */
   async read(fd: number, offset: number, length: number): Promise<Buffer> {
@@ -60,37 +61,31 @@ export class AsyncFds {
    */
   readDirect(fd: number, ab: ArrayBufferLike, offset: number, length: number): Promise<Buffer> {
     if (ab.byteLength < length + DIRECT_SLACK) return Promise.reject(new RangeError(`a direct read of ${length} bytes needs a buffer of ${length + DIRECT_SLACK}, not ${ab.byteLength}`));
-    const base = this.aligned(fd, ab);
     const from = offset - (offset % DIRECT_ALIGN);
     const lead = offset - from;
     const span = Math.ceil((lead + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
-    if (base + span > ab.byteLength) return Promise.reject(new RangeError(`a direct read of ${length} bytes needs ${base + span} of a ${ab.byteLength}-byte buffer`));
-    return this.use(fd, () => new Promise<Buffer>((resolve, reject) => {
+    const once = (base: number) => new Promise<number>((resolve, reject) => {
       // One read: after a short one (the end of the file) the next offset would not be aligned.
-      fs.read(fd, new Uint8Array(ab, base, span), 0, span, from, (e, n) => (e ? reject(e) : resolve(Buffer.from(ab, base + lead, Math.max(0, Math.min(length, n - lead))))));
-    }));
-  }
-
-  /**
-   * The first offset of `ab` whose address suits direct reads of `fd`. JavaScript cannot see an
-   * address, so this tries: a direct read into memory the device cannot use fails with EINVAL
-   * before any I/O. Found once per buffer (BufferPool recycles them).
-   */
-  private aligned(fd: number, ab: ArrayBufferLike): number {
-    let at = this.alignedAt.get(ab);
-    if (at !== undefined) return at;
-    at = 0;
-    for (let k = 0; k < DIRECT_ALIGN; k += 16) {
-      try {
-        fs.readSync(fd, new Uint8Array(ab, k, DIRECT_ALIGN), 0, DIRECT_ALIGN, 0);
-        at = k;
-        break;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      fs.read(fd, new Uint8Array(ab, base, span), 0, span, from, (e, n) => (e ? reject(e) : resolve(n)));
+    });
+    return this.use(fd, async () => {
+      // JavaScript cannot see an address, so where in `ab` the memory suits the device is found
+      // by trying: a direct read into memory it cannot use fails with EINVAL before any I/O. The
+      // first guess is where the last buffer's was (one allocator, one answer), then every 16
+      // bytes; the answer is kept per buffer (BufferPool recycles them).
+      const known = this.alignedAt.get(ab);
+      const tries = known !== undefined ? [known] : [this.lastAligned, ...Array.from({ length: DIRECT_ALIGN / 16 }, (_, k) => k * 16).filter((k) => k !== this.lastAligned)];
+      for (let k = 0; ; k++) {
+        try {
+          const n = await once(tries[k]);
+          this.alignedAt.set(ab, tries[k]);
+          this.lastAligned = tries[k];
+          return Buffer.from(ab, tries[k] + lead, Math.max(0, Math.min(length, n - lead)));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EINVAL' || k + 1 >= tries.length) throw e;
+        }
       }
-    }
-    this.alignedAt.set(ab, at);
-    return at;
+    });
   }
 
   /** fsync(2) of `fd`. */
