@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { StrataFs } from '../src/fs/strata-fs.js';
 import { retained } from '../src/pools/performance-pool.js';
 import { createTestStore } from './helpers/store.js';
@@ -38,6 +38,19 @@ async function readAll(f: StrataFs, p: string): Promise<Buffer> {
   return out;
 }
 
+/** Writes garbage over 8 bytes at `at` of the pool's only native file; collects the process warnings (damage reports) from then on. */
+function damageNative(t: ExecutionContext, poolDir: string, at: number): { file: string; warnings: string[] } {
+  const file = path.join(poolDir, fs.readdirSync(poolDir)[0]);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, at);
+  fs.closeSync(fd);
+  const warnings: string[] = [];
+  const onWarn = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarn);
+  t.teardown(() => process.off('warning', onWarn));
+  return { file, warnings };
+}
+
 test('retention keeps the latest snapshots of every branch', (t) => {
   const s = (id: string, parent: string | null) => ({ id, parent }) as never;
   const keep = retained([s('a', null), s('b', 'a'), s('c', 'b'), s('d', 'b'), s('e', 'd')], 2);
@@ -71,14 +84,7 @@ test('performance views hold large files natively, update incrementally, and rea
   t.not(s1.id, undefined);
 
   // A damaged native copy is detected on read and never served.
-  const file = path.join(f.pool.dir, fs.readdirSync(f.pool.dir)[0]);
-  const fd = fs.openSync(file, 'r+');
-  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 5 * MiB);
-  fs.closeSync(fd);
-  const warnings: string[] = [];
-  const onWarn = (w: Error) => warnings.push(w.message);
-  process.on('warning', onWarn);
-  t.teardown(() => process.off('warning', onWarn));
+  const { warnings } = damageNative(t, f.pool.dir, 5 * MiB);
   const fresh = StrataFs.open(cas); // no verified-chunk memory
   t.true((await readAll(fresh, '/pools/performance/s2/disk.img')).equals(img));
   await new Promise((r) => setImmediate(r));
@@ -107,15 +113,8 @@ test('native reads into the caller\'s buffer, in any order, check every chunk on
     t.is(got.buffer, into.buffer, 'answered in the caller\'s buffer');
   }
   // Damage in the part not read yet: found when read, never served, and the read still answers right.
-  const file = path.join(fresh.pool.dir, fs.readdirSync(fresh.pool.dir)[0]);
-  t.true(openedAs(file).direct, 'read with O_DIRECT');
-  const fd = fs.openSync(file, 'r+');
-  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 30 * MiB + 12345);
-  fs.closeSync(fd);
-  const warnings: string[] = [];
-  const onWarn = (w: Error) => warnings.push(w.message);
-  process.on('warning', onWarn);
-  t.teardown(() => process.off('warning', onWarn));
+  t.true(openedAs(path.join(fresh.pool.dir, fs.readdirSync(fresh.pool.dir)[0])).direct, 'read with O_DIRECT');
+  const { warnings } = damageNative(t, fresh.pool.dir, 30 * MiB + 12345);
   for (let off = 20 * MiB; off < 40 * MiB; off += REQ) {
     const got = await fresh.read(fh, off, REQ, Buffer.alloc(REQ));
     t.true(got.equals(img.subarray(off, off + REQ)), `bytes at ${off}`);
@@ -132,14 +131,7 @@ test('with directReads off, native reads go through the page cache: same bytes, 
   writeAt(f, '/live/disk.img', img, 0, true);
   await f.snapshot('s1');
   await f.pool.idle();
-  const file = path.join(f.pool.dir, fs.readdirSync(f.pool.dir)[0]);
-  const fd = fs.openSync(file, 'r+');
-  fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 30 * MiB + 999);
-  fs.closeSync(fd);
-  const warnings: string[] = [];
-  const onWarn = (w: Error) => warnings.push(w.message);
-  process.on('warning', onWarn);
-  t.teardown(() => process.off('warning', onWarn));
+  const { file, warnings } = damageNative(t, f.pool.dir, 30 * MiB + 999);
   const fresh = StrataFs.open(cas);
   const fh = fresh.open('/pools/performance/s1/disk.img', 0) as number;
   const REQ = 128 * 1024;

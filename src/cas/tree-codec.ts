@@ -181,56 +181,61 @@ export function decodeTree(buf: Buffer): TreeEntry[] {
 }
 
 function decodeEntry(r: ByteReader, i: number): TreeEntry {
-  const at = `entry ${i}`;
-  const nameLen = r.varint(`${at} name length`);
-  if (nameLen === 0 || nameLen > MAX_NAME_BYTES) throw corrupt(`tree: ${at} name length ${nameLen}`);
-  const name = r.bytes(nameLen, `${at} name`);
+  // Field labels are plain strings; the reader adds the entry (index and name) to a message only
+  // when one is thrown: formatting them per field of every entry cost more than decoding it.
+  r.entry = i;
+  r.entryName = null;
+  const nameLen = r.varint('name length');
+  if (nameLen === 0 || nameLen > MAX_NAME_BYTES) throw corrupt(`tree: entry ${i} name length ${nameLen}`);
+  const name = r.bytes(nameLen, 'name');
   const problem = nameProblem(name);
-  if (problem) throw corrupt(`tree: ${at} name ${displayName(name)}: ${problem}`);
-  const where = `${at} ${displayName(name)}`;
-  const code = r.u8(`${where} type`);
+  if (problem) throw corrupt(`tree: entry ${i} name ${displayName(name)}: ${problem}`);
+  r.entryName = name;
+  const where = () => r.label('');
+  const code = r.u8('type');
   const type = TYPE_CODES[code];
-  if (type === undefined) throw corrupt(`tree: ${where} has unknown type code ${code}`);
-  const mode = r.varint(`${where} mode`);
-  if (mode > 0o7777) throw corrupt(`tree: ${where} mode ${mode.toString(8)} out of range`);
-  const uid = r.varint(`${where} uid`);
-  const gid = r.varint(`${where} gid`);
-  if (uid > MAX_ID || gid > MAX_ID) throw corrupt(`tree: ${where} uid/gid out of range`);
-  const mtimeNs = r.i64(`${where} mtime`);
-  const atimeNs = r.i64(`${where} atime`);
-  const size = r.varint(`${where} size`);
-  const hasContent = r.u8(`${where} content flag`);
-  if (hasContent > 1) throw corrupt(`tree: ${where} bad content flag ${hasContent}`);
-  const content = hasContent === 1 ? r.bytes(HANDLE_BYTES, `${where} content`) : null;
+  if (type === undefined) throw corrupt(`tree: ${where()}has unknown type code ${code}`);
+  const mode = r.varint('mode');
+  if (mode > 0o7777) throw corrupt(`tree: ${where()}mode ${mode.toString(8)} out of range`);
+  const uid = r.varint('uid');
+  const gid = r.varint('gid');
+  if (uid > MAX_ID || gid > MAX_ID) throw corrupt(`tree: ${where()}uid/gid out of range`);
+  const mtimeNs = r.i64('mtime');
+  const atimeNs = r.i64('atime');
+  const size = r.varint('size');
+  const hasContent = r.u8('content flag');
+  if (hasContent > 1) throw corrupt(`tree: ${where()}bad content flag ${hasContent}`);
+  const content = hasContent === 1 ? r.bytes(HANDLE_BYTES, 'content') : null;
   const entry: TreeEntry = { name, type, mode, uid, gid, mtimeNs, atimeNs, size, content };
-  const target = r.varint(`${where} target length`);
-  if (target > 0) entry.target = r.bytes(target - 1, `${where} target`);
-  const rdev = r.varint(`${where} rdev`);
+  const target = r.varint('target length');
+  if (target > 0) entry.target = r.bytes(target - 1, 'target');
+  const rdev = r.varint('rdev');
   if (rdev > 0) entry.rdev = rdev - 1;
-  const xattrCount = r.varint(`${where} xattr count`);
+  const xattrCount = r.varint('xattr count');
   if (xattrCount > 0) {
     const n = xattrCount - 1;
     // Each xattr needs at least 3 bytes; bounds the loop by the input size.
-    if (n > r.remaining() / 3) throw corrupt(`tree: ${where} xattr count ${n} exceeds the data`);
+    if (n > r.remaining() / 3) throw corrupt(`tree: ${where()}xattr count ${n} exceeds the data`);
     const xattrs: Array<[string, Buffer]> = [];
     let prevKey: Buffer | null = null;
     for (let j = 0; j < n; j++) {
-      const kLen = r.varint(`${where} xattr name length`);
-      if (kLen === 0 || kLen > MAX_XATTR_NAME_BYTES) throw corrupt(`tree: ${where} xattr name length ${kLen}`);
-      const k = r.bytes(kLen, `${where} xattr name`);
-      if (k.includes(0)) throw corrupt(`tree: ${where} xattr name contains NUL`);
-      if (prevKey !== null && Buffer.compare(prevKey, k) >= 0) throw corrupt(`tree: ${where} xattrs out of order`);
+      const kLen = r.varint('xattr name length');
+      if (kLen === 0 || kLen > MAX_XATTR_NAME_BYTES) throw corrupt(`tree: ${where()}xattr name length ${kLen}`);
+      const k = r.bytes(kLen, 'xattr name');
+      if (k.includes(0)) throw corrupt(`tree: ${where()}xattr name contains NUL`);
+      if (prevKey !== null && Buffer.compare(prevKey, k) >= 0) throw corrupt(`tree: ${where()}xattrs out of order`);
       const kStr = k.toString('utf8');
       // A name that does not survive UTF-8 decoding could not have come from encodeTree.
-      if (!Buffer.from(kStr, 'utf8').equals(k)) throw corrupt(`tree: ${where} xattr name is not UTF-8`);
+      if (!Buffer.from(kStr, 'utf8').equals(k)) throw corrupt(`tree: ${where()}xattr name is not UTF-8`);
       prevKey = k;
-      const vLen = r.varint(`${where} xattr value length`);
-      xattrs.push([kStr, r.bytes(vLen, `${where} xattr value`)]);
+      const vLen = r.varint('xattr value length');
+      xattrs.push([kStr, r.bytes(vLen, 'xattr value')]);
     }
     entry.xattrs = xattrs;
   }
-  const linkGroup = r.varint(`${where} link group`);
+  const linkGroup = r.varint('link group');
   if (linkGroup > 0) entry.linkGroup = linkGroup - 1;
+  r.entry = -1;
   return entry;
 }
 
@@ -281,14 +286,23 @@ class ByteWriter {
 
 class ByteReader {
   private pos = 0;
+  /** The entry being decoded (-1: none) and, once read, its name: added to error messages by label(). */
+  entry = -1;
+  entryName: Buffer | null = null;
   constructor(private readonly buf: Buffer) {}
+
+  /** `what`, prefixed with the entry being decoded. */
+  label(what: string): string {
+    if (this.entry < 0) return what;
+    return `entry ${this.entry}${this.entryName ? ` ${displayName(this.entryName)}` : ''} ${what}`;
+  }
 
   remaining(): number {
     return this.buf.length - this.pos;
   }
 
   private need(n: number, what: string): void {
-    if (n > this.buf.length - this.pos) throw corrupt(`tree: truncated at ${what} (offset ${this.pos})`);
+    if (n > this.buf.length - this.pos) throw corrupt(`tree: truncated at ${this.label(what)} (offset ${this.pos})`);
   }
 
   u8(what: string): number {
@@ -300,16 +314,16 @@ class ByteReader {
     let v = 0;
     let scale = 1;
     for (let i = 0; ; i++) {
-      if (i === 8) throw corrupt(`tree: varint too long at ${what}`);
+      if (i === 8) throw corrupt(`tree: varint too long at ${this.label(what)}`);
       const b = this.u8(what);
       v += (b & 0x7f) * scale;
       if ((b & 0x80) === 0) {
-        if (b === 0 && i > 0) throw corrupt(`tree: non-minimal varint at ${what}`);
+        if (b === 0 && i > 0) throw corrupt(`tree: non-minimal varint at ${this.label(what)}`);
         break;
       }
       scale *= 0x80;
     }
-    if (v > Number.MAX_SAFE_INTEGER) throw corrupt(`tree: varint out of range at ${what}`);
+    if (v > Number.MAX_SAFE_INTEGER) throw corrupt(`tree: varint out of range at ${this.label(what)}`);
     return v;
   }
 

@@ -70,9 +70,12 @@ function split(path: string): string[] {
 
 /** Stable inode numbers for view entries: fuse-native keeps 32 bits; live inodes use small row ids below 2^31. */
 function viewIno(key: string): number {
-  let h = 0xcbf29ce484222325n;
-  for (let i = 0; i < key.length; i++) h = BigInt.asUintN(64, (h ^ BigInt(key.charCodeAt(i))) * 0x100000001b3n);
-  return 2 ** 31 + Number(h % 2n ** 31n);
+  // The low 31 bits of 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime 0x100000001b3):
+  // the low 32 bits of the product depend on the low 32 bits alone, so the 32-bit lane of the
+  // same hash gives the same numbers without BigInt (which cost ~0.4 us per entry of a listing).
+  let lo = 0x84222325;
+  for (let i = 0; i < key.length; i++) lo = Math.imul(lo ^ key.charCodeAt(i), 0x1b3) >>> 0;
+  return 2 ** 31 + (lo & 0x7fffffff);
 }
 
 export class StrataFs implements Namespace {
@@ -267,10 +270,11 @@ export class StrataFs implements Namespace {
 
   private attrOfEntry(e: TreeEntry, key: string): Attr {
     const size = e.type === 'symlink' ? e.target?.length ?? 0 : e.size;
+    const mtimeMs = Number(e.mtimeNs / 1_000_000n);
     return {
       ino: viewIno(key), mode: TYPE_BITS[e.type] | e.mode, nlink: e.type === 'dir' ? 2 : 1, uid: e.uid, gid: e.gid, size,
       blocks: Math.ceil(size / 512), rdev: e.rdev ?? 0,
-      atimeMs: Number(e.atimeNs / 1_000_000n), mtimeMs: Number(e.mtimeNs / 1_000_000n), ctimeMs: Number(e.mtimeNs / 1_000_000n),
+      atimeMs: Number(e.atimeNs / 1_000_000n), mtimeMs, ctimeMs: mtimeMs,
     };
   }
 
