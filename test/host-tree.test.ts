@@ -360,6 +360,11 @@ test('decodeTree throws corrupt on truncated, garbled or absurd input', (t) => {
   const badType = Buffer.from(good);
   badType[1 + 1 + 1 + 1] = 42; // version, count, name length, name 'a', then the type byte
   expectCorrupt(badType, 'bad type');
+  t.regex(String(t.throws(() => decodeTree(badType))), /entry 0 "a" has unknown type code 42/, 'the message names the entry');
+  const badMode = encodeTree([plain('a')]);
+  badMode[5] = 0x80; // the two-byte varint of mode 0644 made non-minimal
+  badMode[6] = 0x00;
+  t.regex(String(t.throws(() => decodeTree(badMode))), /non-minimal varint at entry 0 "a" mode/, 'and the field');
   expectCorrupt(Buffer.from([1, 0xff, 0xff, 0xff, 0xff, 0x0f]), 'absurd entry count');
   expectCorrupt(Buffer.from([1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), 'endless varint');
   expectCorrupt(Buffer.from([1, 0x80, 0x00]), 'overlong varint');
