@@ -37,7 +37,7 @@
 //   MOUNT_BENCH_CEILING_FILES empty files in the (flat) memfs for the per-file listing ceiling (default 10000)
 //   MOUNT_BENCH_REPEAT       rounds of each phase; the table shows medians (default 3)
 //   MOUNT_BENCH_WRITE_BUDGET seconds: no further write round starts if it would end later (default 330)
-//   MOUNT_BENCH_VIEW_BUDGET  seconds: the same for the read/listing rounds (default 330)
+//   MOUNT_BENCH_VIEW_BUDGET  seconds: the same for the read/listing rounds (default 600)
 //   MOUNT_BENCH_TOOLS        comparison tools (default restic,borg; empty for none)
 //   MOUNT_BENCH_DROP_CACHES  1 (default): drop the page cache before cold reads and listings
 //   MOUNT_BENCH_PROFILE      1: after the write rounds, repeat the two writes, reads of both views,
@@ -77,7 +77,7 @@ const CREATE_DIRS = Number(process.env.MOUNT_BENCH_CREATE_DIRS ?? 2);
 const CEILING_FILES = Number(process.env.MOUNT_BENCH_CEILING_FILES ?? 10000);
 const REPEAT = Math.max(1, Number(process.env.MOUNT_BENCH_REPEAT ?? 3));
 const WRITE_BUDGET = Number(process.env.MOUNT_BENCH_WRITE_BUDGET ?? 330);
-const VIEW_BUDGET = Number(process.env.MOUNT_BENCH_VIEW_BUDGET ?? 330);
+const VIEW_BUDGET = Number(process.env.MOUNT_BENCH_VIEW_BUDGET ?? 600);
 const TOOLS = (process.env.MOUNT_BENCH_TOOLS ?? 'restic,borg').split(',').map((s) => s.trim()).filter(Boolean);
 const WANT_DROP = (process.env.MOUNT_BENCH_DROP_CACHES ?? '1') === '1';
 const PROFILE = process.env.MOUNT_BENCH_PROFILE === '1';
