@@ -11,7 +11,7 @@
 // 2. stat cache (scripts/fuse-native/stat-cache.c): readdir may be signalled with a lifetime in
 //    milliseconds after the names and stats; getattr on those entries is then answered on the
 //    FUSE thread from a table, without a round trip through JavaScript, for that long. Exposes
-//    stat_cache_clear(thread?) and stat_cache_info(). See src/fuse/fuse-ops.ts for who opts in.
+//    stat_cache_info(). See src/fuse/fuse-ops.ts for who opts in.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,7 +40,7 @@ const PATCHES = [
 `],
   ['a new mount starts with no cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 2);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
   ['unmount forgets cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 1);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
-  ['stat cache exports', '  NAPI_EXPORT_FUNCTION(fuse_native_unmount)\n', (m) => `${m}  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_clear) /* patched by strata */\n  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_info) /* patched by strata */\n`],
+  ['stat cache exports', '  NAPI_EXPORT_FUNCTION(fuse_native_unmount)\n', (m) => `${m}  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_info) /* patched by strata */\n`],
 ];
 
 if (!fs.existsSync(orig)) {

@@ -133,15 +133,11 @@ static int strata_stat_get (void *owner, const char *path, struct stat *stat) {
   return found;
 }
 
-/* Forgets every path of one fuse thread (all of them for NULL). */
+/* Forgets every path of one fuse thread: on mount and unmount. */
 static void strata_stat_forget (void *owner) {
   pthread_rwlock_wrlock(&strata_stat_lock);
-  if (owner == NULL) {
-    strata_stat_clear_locked();
-  } else {
-    for (uint32_t i = 0; i < strata_stat_cap; i++) {
-      if (strata_stat_slots[i].path && strata_stat_slots[i].owner == owner) strata_stat_slots[i].expires_ms = 0;
-    }
+  for (uint32_t i = 0; i < strata_stat_cap; i++) {
+    if (strata_stat_slots[i].path && strata_stat_slots[i].owner == owner) strata_stat_slots[i].expires_ms = 0;
   }
   pthread_rwlock_unlock(&strata_stat_lock);
 }
@@ -187,20 +183,6 @@ static void strata_stat_put_listing (napi_env env, void *owner, const char *dir,
   }
   pthread_rwlock_unlock(&strata_stat_lock);
   free(tmp);
-}
-
-/* stat_cache_clear(thread?): forgets the thread's cached attributes (every thread's without one). */
-NAPI_METHOD(fuse_native_stat_cache_clear) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_STATUS_THROWS(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
-  void *owner = NULL;
-  if (argc >= 1) {
-    size_t len;
-    if (napi_get_buffer_info(env, argv[0], &owner, &len) != napi_ok) owner = NULL;
-  }
-  strata_stat_forget(owner);
-  return NULL;
 }
 
 /* stat_cache_info(): [entries, getattr answers given from the cache so far]. */

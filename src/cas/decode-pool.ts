@@ -124,10 +124,16 @@ export interface CheckItem {
   length: number;
 }
 
-/** Whether each item lies within `data` and hashes to its handle, checked on this thread. */
+/** Whether each item lies within `data` and hashes to its handle, checked on this thread (the worker's check-only batch). */
 export function checkChunks(data: Uint8Array, items: readonly CheckItem[]): boolean[] {
-  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  return items.map((it) => it.start + it.length <= b.length && hashBytes(b.subarray(it.start, it.start + it.length)).equals(it.handle));
+  return passed(decodeBatch({ id: 0, data, checkOnly: true, ...pack(items) }));
+}
+
+/** Per item of a reply, whether it passed. */
+function passed(r: DecodeReply): boolean[] {
+  const ok: boolean[] = new Array(r.at.length);
+  for (let i = 0; i < r.at.length; i++) ok[i] = r.at[i] >= 0;
+  return ok;
 }
 
 /** Batches smaller than this are decoded on the calling thread: the message costs more than the work. */
@@ -174,12 +180,7 @@ export class DecodePool {
     let bytes = 0;
     for (const it of items) bytes += it.length;
     if (bytes < MIN_OFFLOAD_BYTES || !isShared(data.buffer)) return Promise.resolve(checkChunks(data, items));
-    return this.post({ data, checkOnly: true, ...pack(items) }, [])
-      .then((r) => {
-        const ok: boolean[] = new Array(items.length);
-        for (let i = 0; i < items.length; i++) ok[i] = r.at[i] >= 0;
-        return ok;
-      }, () => checkChunks(data, items));
+    return this.post({ data, checkOnly: true, ...pack(items) }, []).then(passed, () => checkChunks(data, items));
   }
 
   /** Sends a batch to the worker with the least bytes outstanding. */

@@ -191,20 +191,19 @@ function decodeEntry(r: ByteReader, i: number): TreeEntry {
   const problem = nameProblem(name);
   if (problem) throw corrupt(`tree: entry ${i} name ${displayName(name)}: ${problem}`);
   r.entryName = name;
-  const where = () => r.label('');
   const code = r.u8('type');
   const type = TYPE_CODES[code];
-  if (type === undefined) throw corrupt(`tree: ${where()}has unknown type code ${code}`);
+  if (type === undefined) throw r.corrupt(`has unknown type code ${code}`);
   const mode = r.varint('mode');
-  if (mode > 0o7777) throw corrupt(`tree: ${where()}mode ${mode.toString(8)} out of range`);
+  if (mode > 0o7777) throw r.corrupt(`mode ${mode.toString(8)} out of range`);
   const uid = r.varint('uid');
   const gid = r.varint('gid');
-  if (uid > MAX_ID || gid > MAX_ID) throw corrupt(`tree: ${where()}uid/gid out of range`);
+  if (uid > MAX_ID || gid > MAX_ID) throw r.corrupt(`uid/gid out of range`);
   const mtimeNs = r.i64('mtime');
   const atimeNs = r.i64('atime');
   const size = r.varint('size');
   const hasContent = r.u8('content flag');
-  if (hasContent > 1) throw corrupt(`tree: ${where()}bad content flag ${hasContent}`);
+  if (hasContent > 1) throw r.corrupt(`bad content flag ${hasContent}`);
   const content = hasContent === 1 ? r.bytes(HANDLE_BYTES, 'content') : null;
   const entry: TreeEntry = { name, type, mode, uid, gid, mtimeNs, atimeNs, size, content };
   const target = r.varint('target length');
@@ -215,18 +214,18 @@ function decodeEntry(r: ByteReader, i: number): TreeEntry {
   if (xattrCount > 0) {
     const n = xattrCount - 1;
     // Each xattr needs at least 3 bytes; bounds the loop by the input size.
-    if (n > r.remaining() / 3) throw corrupt(`tree: ${where()}xattr count ${n} exceeds the data`);
+    if (n > r.remaining() / 3) throw r.corrupt(`xattr count ${n} exceeds the data`);
     const xattrs: Array<[string, Buffer]> = [];
     let prevKey: Buffer | null = null;
     for (let j = 0; j < n; j++) {
       const kLen = r.varint('xattr name length');
-      if (kLen === 0 || kLen > MAX_XATTR_NAME_BYTES) throw corrupt(`tree: ${where()}xattr name length ${kLen}`);
+      if (kLen === 0 || kLen > MAX_XATTR_NAME_BYTES) throw r.corrupt(`xattr name length ${kLen}`);
       const k = r.bytes(kLen, 'xattr name');
-      if (k.includes(0)) throw corrupt(`tree: ${where()}xattr name contains NUL`);
-      if (prevKey !== null && Buffer.compare(prevKey, k) >= 0) throw corrupt(`tree: ${where()}xattrs out of order`);
+      if (k.includes(0)) throw r.corrupt(`xattr name contains NUL`);
+      if (prevKey !== null && Buffer.compare(prevKey, k) >= 0) throw r.corrupt(`xattrs out of order`);
       const kStr = k.toString('utf8');
       // A name that does not survive UTF-8 decoding could not have come from encodeTree.
-      if (!Buffer.from(kStr, 'utf8').equals(k)) throw corrupt(`tree: ${where()}xattr name is not UTF-8`);
+      if (!Buffer.from(kStr, 'utf8').equals(k)) throw r.corrupt(`xattr name is not UTF-8`);
       prevKey = k;
       const vLen = r.varint('xattr value length');
       xattrs.push([kStr, r.bytes(vLen, 'xattr value')]);
@@ -291,8 +290,13 @@ class ByteReader {
   entryName: Buffer | null = null;
   constructor(private readonly buf: Buffer) {}
 
+  /** ECORRUPT about the entry being decoded. */
+  corrupt(what: string): Error {
+    return corrupt(`tree: ${this.label(what)}`);
+  }
+
   /** `what`, prefixed with the entry being decoded. */
-  label(what: string): string {
+  private label(what: string): string {
     if (this.entry < 0) return what;
     return `entry ${this.entry}${this.entryName ? ` ${displayName(this.entryName)}` : ''} ${what}`;
   }

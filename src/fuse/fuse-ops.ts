@@ -125,10 +125,8 @@ interface PackedListing {
   stats: Uint32Array[];
 }
 
-/** The stat cache scripts/patch-fuse-native.mjs adds to fuse-native's binding. */
+/** The stat cache scripts/patch-fuse-native.mjs adds to fuse-native's binding (a mount forgets its entries when it starts and stops). */
 export interface StatCache {
-  /** Forgets what one mount (its fuse-native instance) has cached, or every mount's. */
-  clear(fuse?: Fuse): void;
   /** Entries held, and getattr requests answered from them so far (all mounts of this process). */
   info(): { entries: number; hits: number };
 }
@@ -144,16 +142,8 @@ export function statCache(): StatCache | null {
   if (statCacheBinding !== undefined) return statCacheBinding;
   const require = createRequire(import.meta.url);
   const binding = require('node-gyp-build')(nodePath.dirname(require.resolve('fuse-native/package.json'))) as Record<string, unknown>;
-  const clear = binding.fuse_native_stat_cache_clear as ((thread?: Buffer) => void) | undefined;
   const info = binding.fuse_native_stat_cache_info as (() => [number, number]) | undefined;
-  statCacheBinding = typeof clear === 'function' && typeof info === 'function' ? {
-    clear: (fuse) => {
-      const thread = (fuse as unknown as { _thread?: Buffer | null } | undefined)?._thread;
-      if (fuse && !thread) return; // not mounted: nothing of it is cached
-      clear(thread ?? undefined);
-    },
-    info: () => { const [entries, hits] = info(); return { entries, hits }; },
-  } : null;
+  statCacheBinding = typeof info === 'function' ? { info: () => { const [entries, hits] = info(); return { entries, hits }; } } : null;
   return statCacheBinding;
 }
 
