@@ -12,6 +12,9 @@
 //    milliseconds after the names and stats; getattr on those entries is then answered on the
 //    FUSE thread from a table, without a round trip through JavaScript, for that long. Exposes
 //    stat_cache_info(). See src/fuse/fuse-ops.ts for who opts in.
+// 3. read window (scripts/fuse-native/read-window.c): JavaScript may offer verified bytes ahead
+//    of a reader of an open file (window_put, window_mark, window_drop); reads they cover are
+//    answered on the FUSE thread. Exposes window_info(). See src/fuse/fuse-ops.ts (readWindow()).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,23 +27,31 @@ const dir = path.dirname(require.resolve('fuse-native/package.json'));
 const src = path.join(dir, 'fuse-native.c');
 const orig = `${src}.orig`;
 const statCache = fs.readFileSync(path.join(here, 'fuse-native', 'stat-cache.c'), 'utf8');
+const readWindow = fs.readFileSync(path.join(here, 'fuse-native', 'read-window.c'), 'utf8');
 
 const UTIMENS_BUG = 'FUSE_UINT64_TO_INTS_ARGV(l->atime, 5)';
 const UTIMENS_FIX = 'FUSE_UINT64_TO_INTS_ARGV(l->mtime, 5) /* patched by strata: was l->atime */';
 const PATCHES = [
   ['utimens mtime', UTIMENS_BUG, () => UTIMENS_FIX],
-  ['stat cache code', '// Methods\n', (m) => `${statCache}\n${m}`],
+  ['stat cache and read window code', '// Methods\n', (m) => `${statCache}\n${readWindow}\n${m}`],
   ['getattr from the stat cache', 'FUSE_METHOD(getattr, 1, 1, (const char *path, struct stat *stat), {\n',
     (m) => `${m}  if (strata_stat_get(l->fuse, path, stat)) return 0; /* patched by strata: stat cache */\n`],
+  ['read from the read window', 'FUSE_METHOD(read, 6, 2, (const char *path, char *buf, size_t len, off_t offset, struct fuse_file_info *info), {\n',
+    (m) => `${m}  { int strata_n = strata_window_read(l->fuse, (uint32_t) info->fh, buf, len, offset); if (strata_n >= 0) return strata_n; } /* patched by strata: read window */\n`],
   ['readdir signal with a lifetime', 'FUSE_METHOD(readdir, 1, 2,', () => 'FUSE_METHOD(readdir, 1, 3, /* patched by strata: stat cache lifetime */'],
   ['readdir fills the stat cache', '  napi_value raw_stats = argv[3];\n', (m) => `${m}  if (names_length == stats_length) { /* patched by strata: stat cache */
     double strata_ttl_ms = 0;
     if (napi_get_value_double(env, argv[4], &strata_ttl_ms) == napi_ok) strata_stat_put_listing(env, l->fuse, l->path, raw_names, raw_stats, names_length, strata_ttl_ms);
   }
 `],
-  ['a new mount starts with no cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 2);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
-  ['unmount forgets cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 1);\n', (m) => `${m}  strata_stat_forget(ft); /* patched by strata: stat cache */\n`],
-  ['stat cache exports', '  NAPI_EXPORT_FUNCTION(fuse_native_unmount)\n', (m) => `${m}  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_info) /* patched by strata */\n`],
+  ['a new mount starts with no cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 2);\n', (m) => `${m}  strata_stat_forget(ft); strata_window_forget(ft); /* patched by strata: stat cache, read window */\n`],
+  ['unmount forgets cached stats', '  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 1);\n', (m) => `${m}  strata_stat_forget(ft); strata_window_forget(ft); /* patched by strata: stat cache, read window */\n`],
+  ['stat cache exports', '  NAPI_EXPORT_FUNCTION(fuse_native_unmount)\n', (m) => `${m}  NAPI_EXPORT_FUNCTION(fuse_native_stat_cache_info) /* patched by strata */
+  NAPI_EXPORT_FUNCTION(fuse_native_window_put)
+  NAPI_EXPORT_FUNCTION(fuse_native_window_mark)
+  NAPI_EXPORT_FUNCTION(fuse_native_window_drop)
+  NAPI_EXPORT_FUNCTION(fuse_native_window_info)
+`],
 ];
 
 if (!fs.existsSync(orig)) {
@@ -70,4 +81,4 @@ const gyp = (() => {
   try { execFileSync('node-gyp', ['--version'], { stdio: 'ignore' }); return ['node-gyp', []]; } catch { return ['npx', ['--yes', 'node-gyp']]; }
 })();
 execFileSync(gyp[0], [...gyp[1], 'rebuild'], { cwd: dir, stdio: 'inherit' });
-console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix and the stat cache');
+console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix, the stat cache and the read window');

@@ -282,6 +282,24 @@ export interface DirEntry {
 }
 
 /**
+ * Bytes of open files held below the namespace, from which the FUSE layer answers the kernel's
+ * reads without a call into the namespace (the read window of fuse-native's patched binding).
+ * Only for files whose content cannot change while they are open, and only verified bytes.
+ */
+export interface ReadWindow {
+  /**
+   * Offers [offset, offset + length) of open handle fh, a file of `size` bytes: `bytes` (copied;
+   * length is bytes.length) or, when null, zeros. An offer that does not continue the handle's
+   * previous one starts its window afresh. False when refused (no room): offer again later.
+   */
+  put(fh: number, size: number, offset: number, bytes: Buffer | null, length: number): boolean;
+  /** Reads of fh that start at or past `mark` come to the namespace again. */
+  mark(fh: number, mark: number): void;
+  /** Forgets fh's window; called before the handle number can be reused. */
+  drop(fh: number): void;
+}
+
+/**
  * The namespace the FUSE layer translates to: one call per FUSE operation, paths as the kernel
  * gives them (absolute, '/'-separated). Errors are StrataErrors whose code is the errno name.
  * Methods may return a value or a Promise of it (long work such as flushing runs off the event loop).
@@ -306,6 +324,12 @@ export interface Namespace {
    * the read settles.
    */
   read(fh: number, offset: number, length: number, into?: Buffer): Buffer | Promise<Buffer>;
+  /**
+   * Optional: gives the namespace the FUSE layer's read window, where it may leave verified bytes
+   * ahead of a reader of a file that cannot change while open, so that the kernel's reads of them
+   * are answered without calling read().
+   */
+  useReadWindow?(window: ReadWindow): void;
   /** Copies `data` before any asynchronous step (it is FUSE's buffer, reused once answered). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;
   flush(fh: number): void | Promise<void>;

@@ -22,7 +22,7 @@ import { CasStore } from '../cas/store.js';
 import { startReplicationServer, type ReplicationServer } from '../replication/server.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
-import { createFuse, statCache } from '../fuse/fuse-ops.js';
+import { createFuse, readWindowInfo, statCache } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
 import {
@@ -153,6 +153,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     log.line(`stopping: ${reason}`);
     const cached = statCache()?.info();
     if (cached) log.line(`stat cache: ${cached.hits} getattr answered by the binding from view listings, ${cached.entries} entries held`);
+    const window = readWindowInfo();
+    if (window) log.line(`read window: ${window.reads} reads (${(window.bytesRead / 2 ** 20).toFixed(0)} MiB) answered by the binding, ${(window.bytes / 2 ** 20).toFixed(1)} MiB held in ${window.windows} windows`);
     if (watcher) clearInterval(watcher);
     await replication?.close().catch((e) => log.line(`error: closing the replication listener: ${describe(e)}`));
     let code = 0;

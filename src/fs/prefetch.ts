@@ -38,6 +38,9 @@ const PREPARE_AHEAD = 4;
 /** Chunks behind the read position are forgotten each time it has moved on this share of the read-ahead (a walk over the window on every request cost more than the copy). */
 const FORGET_STEPS = 8;
 
+/** Zeros of a hole handed to offer()'s `put` at a time. */
+const OFFER_HOLE_BYTES = 4 * 1024 * 1024;
+
 interface Slot {
   leaf: ObjectLeaf;
   fetch: LeafFetch;
@@ -62,6 +65,8 @@ export class Prefetcher {
   private forgotAt = 0;
   private closed = false;
   private inFlight = 0;
+  /** Where the bytes handed to offer()'s `put` end; -1 before any. */
+  private offeredUntil = -1;
 
   constructor(
     private readonly source: LeafSource,
@@ -80,7 +85,8 @@ export class Prefetcher {
     const end = Math.min(this.size, offset + Math.max(0, length));
     if (end <= offset) return Buffer.alloc(0);
     const leaves = this.source.leaves(offset, end);
-    const near = this.front >= 0 && offset >= this.front - this.opts.behindBytes && offset <= this.front + this.opts.slackBytes;
+    // Reads answered from what offer() handed on never come here: up to where it ended is near too.
+    const near = this.front >= 0 && offset >= this.front - this.opts.behindBytes && offset <= Math.max(this.front, this.offeredUntil) + this.opts.slackBytes;
     const missing = leaves.filter((l) => !this.source.isHole(l) && this.window.get(l.offset)?.leaf.length !== l.length);
     if (missing.length) this.start(missing);
     const parts = leaves.map((l) => (this.source.isHole(l) ? null : this.slot(l).fetch));
@@ -154,6 +160,47 @@ export class Prefetcher {
       else out.fill(0, s - offset, e - offset); // a hole
     }
     return out;
+  }
+
+  /**
+   * Hands the window's settled chunks from `from` on to `put`, in offset order, each chunk's
+   * verified bytes once (a hole as null and its length, in pieces of at most OFFER_HOLE_BYTES),
+   * until a chunk not fetched yet, a failed one, or a refusal. Carries on where the previous offer
+   * ended when `from` lies within what it offered, so `put` sees one continuous run per
+   * sequential pass. Returns the mark: the offset where the reader should next come back to read(),
+   * so that the read-ahead moves on in the steps read() itself would take.
+   */
+  offer(from: number, put: (offset: number, bytes: Buffer | null, length: number) => boolean): number {
+    const mark = Math.max(from, this.front) + this.opts.aheadBytes / REFILL_STEPS;
+    if (this.closed || from >= this.size) return mark;
+    let at = this.offeredUntil >= from && this.offeredUntil - from <= this.opts.aheadBytes + this.opts.slackBytes ? this.offeredUntil : from;
+    const to = Math.min(this.size, Math.max(this.aheadUntil, at));
+    if (at >= to) return mark;
+    this.offeredUntil = at;
+    for (const leaf of this.source.leaves(at, to)) {
+      const skip = at - leaf.offset;
+      if (skip < 0) break; // a gap in the leaves: should not happen
+      let bytes: Buffer | null = null;
+      if (!this.source.isHole(leaf)) {
+        const f = this.window.get(leaf.offset);
+        if (!f || f.leaf.length !== leaf.length || !f.fetch.bytes) break;
+        bytes = f.fetch.bytes.subarray(skip, leaf.length);
+        if (!put(at, bytes, bytes.length)) break;
+        at += bytes.length;
+      } else {
+        const end = Math.min(leaf.offset + leaf.length, to);
+        let refused = false;
+        while (at < end && !refused) {
+          const n = Math.min(end - at, OFFER_HOLE_BYTES);
+          if (put(at, null, n)) at += n;
+          else refused = true;
+        }
+        if (refused || at < leaf.offset + leaf.length) break;
+      }
+      this.offeredUntil = at;
+    }
+    this.offeredUntil = at;
+    return mark;
   }
 
   /** Forgets every chunk; fetches still in flight finish and are dropped. */

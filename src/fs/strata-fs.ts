@@ -6,7 +6,7 @@ import { findEntry, lookupPath } from '../cas/tree-lookup.js';
 import { invalid, notFound, StrataError } from '../errors.js';
 import { Catalogue } from '../temporal/catalogue.js';
 import { storeStats } from '../temporal/store-stats.js';
-import type { Attr, DirEntry, EntryType, Handle, Namespace, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
+import type { Attr, DirEntry, EntryType, Handle, Namespace, ReadWindow, SnapshotInfo, StatFs, TreeEntry } from '../types.js';
 import { ChunkOffload } from '../cas/chunk-offload.js';
 import { FileBuffer, type FlushJob } from './file-buffer.js';
 import { Prefetcher } from './prefetch.js';
@@ -94,6 +94,8 @@ export class StrataFs implements Namespace {
   private readonly offload: ChunkOffload | null;
   private readonly handles = new Map<number, Handle_>();
   private nextFh = 1;
+  /** Where verified view bytes ahead of each reader are left for the FUSE layer (see offerAhead()). */
+  private window: ReadWindow | null = null;
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
   private snapCache: { at: number; list: SnapshotInfo[] } | null = null;
@@ -449,7 +451,16 @@ export class StrataFs implements Namespace {
       const root = h.entry.content;
       if (!root) return Buffer.alloc(0);
       h.reader ??= new Prefetcher((h.native && this.pool.leafSource(root)) || this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
-      return h.reader.read(offset, length, into);
+      const r = h.reader.read(offset, length, into);
+      if (!this.window) return r;
+      if (!(r instanceof Promise)) {
+        this.offerAhead(fh, h, offset + r.length);
+        return r;
+      }
+      return r.then((b) => {
+        this.offerAhead(fh, h, offset + b.length);
+        return b;
+      });
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
@@ -462,8 +473,27 @@ export class StrataFs implements Namespace {
     return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)), into);
   }
 
+  useReadWindow(window: ReadWindow): void {
+    this.window = window;
+  }
+
+  /**
+   * Leaves the view handle's read-ahead, from `from` on, in the FUSE layer's read window: the
+   * kernel's next reads are then answered there, and the first one at the prefetcher's mark comes
+   * back here, so the read-ahead moves on. A view's bytes never change and the prefetcher's are
+   * verified. Nothing for a handle released meanwhile (its number may be reused).
+   */
+  private offerAhead(fh: number, h: Handle_ & { kind: 'view' }, from: number): void {
+    const w = this.window;
+    if (!w || !h.reader || this.handles.get(fh) !== h) return;
+    const size = h.reader.size;
+    const mark = h.reader.offer(from, (offset, bytes, length) => w.put(fh, size, offset, bytes, length));
+    w.mark(fh, mark);
+  }
+
   /** Stops a handle's read-ahead: chunks in flight are dropped when they arrive. */
-  private dropReader(h: Handle_): void {
+  private dropReader(h: Handle_, fh: number): void {
+    if (h.kind === 'view' && h.reader) this.window?.drop(fh);
     if (h.kind === 'view') h.reader?.close();
     else if (h.kind === 'live') h.reader?.p.close();
   }
@@ -525,7 +555,7 @@ export class StrataFs implements Namespace {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
-    this.dropReader(h);
+    this.dropReader(h, fh);
     if (h.kind !== 'live') return;
     const n = (this.openCount.get(h.ino) ?? 1) - 1;
     if (n > 0) { this.openCount.set(h.ino, n); return; }

@@ -40,7 +40,7 @@ import { createRequire } from 'node:module';
 import nodePath from 'node:path';
 import Fuse from 'fuse-native';
 import { isStrataError } from '../errors.js';
-import type { Attr, DirEntry, Namespace, StatFs } from '../types.js';
+import type { Attr, DirEntry, Namespace, ReadWindow, StatFs } from '../types.js';
 
 /** Codes that are not errno names, or that the kernel should see as another errno. */
 const SPECIAL_ERRNO: Readonly<Record<string, number>> = {
@@ -131,20 +131,82 @@ export interface StatCache {
   info(): { entries: number; hits: number };
 }
 
+let nativeBinding: Record<string, unknown> | undefined;
+
+/** The very module fuse-native loaded (node-gyp-build resolves the same file; a process loads it once). */
+function binding(): Record<string, unknown> {
+  if (nativeBinding) return nativeBinding;
+  const require = createRequire(import.meta.url);
+  nativeBinding = require('node-gyp-build')(nodePath.dirname(require.resolve('fuse-native/package.json'))) as Record<string, unknown>;
+  return nativeBinding;
+}
+
 let statCacheBinding: StatCache | null | undefined;
 
 /**
  * The binding's stat cache, or null when fuse-native was built without the patch (readdir's
- * lifetime argument is then ignored, and every getattr comes here). The binding is the very
- * module fuse-native loaded (node-gyp-build resolves the same file; a process loads it once).
+ * lifetime argument is then ignored, and every getattr comes here).
  */
 export function statCache(): StatCache | null {
   if (statCacheBinding !== undefined) return statCacheBinding;
-  const require = createRequire(import.meta.url);
-  const binding = require('node-gyp-build')(nodePath.dirname(require.resolve('fuse-native/package.json'))) as Record<string, unknown>;
-  const info = binding.fuse_native_stat_cache_info as (() => [number, number]) | undefined;
+  const info = binding().fuse_native_stat_cache_info as (() => [number, number]) | undefined;
   statCacheBinding = typeof info === 'function' ? { info: () => { const [entries, hits] = info(); return { entries, hits }; } } : null;
   return statCacheBinding;
+}
+
+/** What the binding's read window holds and has answered (all mounts of this process). */
+export interface ReadWindowInfo {
+  windows: number;
+  bytes: number;
+  /** Read requests answered on the FUSE thread, and their bytes. */
+  reads: number;
+  bytesRead: number;
+}
+
+interface ReadWindowBinding {
+  fuse_native_window_put(thread: Buffer, fh: number, size: number, offset: number, bytes: Buffer | number): boolean;
+  fuse_native_window_mark(thread: Buffer, fh: number, mark: number): void;
+  fuse_native_window_drop(thread: Buffer, fh: number): void;
+  fuse_native_window_info(): [number, number, number, number];
+}
+
+function readWindowBinding(): ReadWindowBinding | null {
+  const b = binding() as Partial<ReadWindowBinding>;
+  return typeof b.fuse_native_window_put === 'function' && typeof b.fuse_native_window_info === 'function' ? b as ReadWindowBinding : null;
+}
+
+/** The read window's counters, or null when fuse-native was built without the patch. */
+export function readWindowInfo(): ReadWindowInfo | null {
+  const b = readWindowBinding();
+  if (!b) return null;
+  const [windows, bytes, reads, bytesRead] = b.fuse_native_window_info();
+  return { windows, bytes, reads, bytesRead };
+}
+
+/**
+ * The read window (scripts/fuse-native/read-window.c) of the mount `fuse` serves: bytes the
+ * namespace offers there are answered to the kernel on the FUSE thread. Null when the binding
+ * lacks the patch, or when STRATA_READ_WINDOW=off (every read then comes to the namespace; for
+ * comparisons). Offers made while `fuse` is not mounted are refused.
+ */
+function readWindowOf(fuse: Fuse): ReadWindow | null {
+  const b = readWindowBinding();
+  if (!b || process.env.STRATA_READ_WINDOW === 'off') return null;
+  const thread = () => (fuse as unknown as { _thread: Buffer | null })._thread;
+  return {
+    put(fh, size, offset, bytes, length) {
+      const t = thread();
+      return t ? b.fuse_native_window_put(t, fh, size, offset, bytes ?? length) : false;
+    },
+    mark(fh, mark) {
+      const t = thread();
+      if (t) b.fuse_native_window_mark(t, fh, mark);
+    },
+    drop(fh) {
+      const t = thread();
+      if (t) b.fuse_native_window_drop(t, fh);
+    },
+  };
 }
 
 /** The part of a fuse-native instance usePackedReaddir() replaces. */
@@ -176,7 +238,10 @@ export function usePackedReaddir<T extends object>(fuse: T): T {
 
 /** A fuse-native instance serving `ns` at `mountpoint`, readdir set up for buildFuseOps' packed stats. */
 export function createFuse(mountpoint: string, ns: Namespace, log: (msg: string) => void, opts: Fuse.Options): Fuse {
-  return usePackedReaddir(new Fuse(mountpoint, buildFuseOps(ns, log), opts));
+  const fuse = usePackedReaddir(new Fuse(mountpoint, buildFuseOps(ns, log), opts));
+  const window = readWindowOf(fuse);
+  if (window) ns.useReadWindow?.(window);
+  return fuse;
 }
 
 function toFuseStatfs(s: StatFs): Fuse.Statfs {
