@@ -293,8 +293,13 @@ export interface ReadWindow {
    * previous one starts its window afresh. False when refused (no room): offer again later.
    */
   put(fh: number, size: number, offset: number, bytes: Buffer | null, length: number): boolean;
-  /** Reads of fh that start at or past `mark` come to the namespace again. */
+  /**
+   * Once a read of fh answered from the window reaches `mark`, `reached` (see listen) hears of it
+   * once; until the next mark() for fh. (Without a listener, such reads come to read() instead.)
+   */
   mark(fh: number, mark: number): void;
+  /** Where readers reaching their marks are reported: fh and the end of the read. */
+  listen(reached: (fh: number, position: number) => void): void;
   /** Forgets fh's window; called before the handle number can be reused. */
   drop(fh: number): void;
 }

@@ -173,3 +173,47 @@ test.serial('a flipped byte in a container gives EIO through a view with read-ah
   t.true(got.equals(data.subarray(0, got.length)), 'every byte returned before the error is right');
   t.regex(fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8'), /read .*victim\.bin: ECORRUPT/);
 });
+
+test.serial('sequential view reads are answered from the read window, with the same bytes, beside random reads on the same handle and a second reader', (t) => {
+  const m = mountStore(t);
+  const img = imageBytes();
+  const other = pseudoRandomBytes(9 << 20, 77);
+  fs.writeFileSync(path.join(m.live, 'disk.img'), img);
+  fs.writeFileSync(path.join(m.live, 'other.bin'), other);
+  t.is(m.cli('snapshot', '--name', 's').code, 0);
+  const view = path.join(m.mnt, 'pools/capacity/s');
+  const readBoth = () => {
+    // Two readers at once, each a dd in its own process with 128 KiB requests.
+    sh(`dd if='${view}/disk.img' of='${m.base}/a' bs=128k status=none & dd if='${view}/other.bin' of='${m.base}/b' bs=1M status=none & wait`, { timeout: 120_000 });
+    t.true(fs.readFileSync(path.join(m.base, 'a')).equals(img), 'disk.img read back');
+    t.true(fs.readFileSync(path.join(m.base, 'b')).equals(other), 'other.bin read back');
+  };
+  const windowReads = () => {
+    const lines = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('read window: '));
+    return Number(/read window: (\d+) reads/.exec(lines[lines.length - 1] ?? '')?.[1] ?? -1);
+  };
+  readBoth();
+  // One handle: 12 MiB read in order (the window fills), then random reads on the same descriptor.
+  const script = `
+    const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'r'); const parts = [];
+    for (let p = 0; p < 12 << 20; p += 131072) { const b = Buffer.alloc(131072); parts.push(b.subarray(0, fs.readSync(fd, b, 0, b.length, p))); }
+    let r = 99; const next = () => (r = (r * 1103515245 + 12345) >>> 0); const random = [];
+    for (let i = 0; i < 40; i++) { const o = next() % (40 << 20); const b = Buffer.alloc(1 + next() % 200000); random.push([o, b.subarray(0, fs.readSync(fd, b, 0, b.length, o)).toString('hex')]); }
+    process.stdout.write(JSON.stringify({ head: Buffer.concat(parts).toString('hex'), random }));`;
+  const got = JSON.parse(sh(`node -e "${script.replace(/"/g, '\\"')}" '${view}/disk.img'`, { timeout: 120_000 })) as { head: string; random: Array<[number, string]> };
+  t.true(Buffer.from(got.head, 'hex').equals(img.subarray(0, 12 << 20)), 'the sequential part');
+  for (const [o, hex] of got.random) t.is(hex, img.subarray(o, o + hex.length / 2).toString('hex'), `random read at ${o}`);
+  m.unmount();
+  t.true(windowReads() > 100, `reads answered by the binding: ${windowReads()}`);
+
+  // Without the window every read goes through the namespace, and the bytes are the same.
+  process.env.STRATA_READ_WINDOW = 'off';
+  try {
+    m.remount();
+  } finally {
+    delete process.env.STRATA_READ_WINDOW;
+  }
+  readBoth();
+  m.unmount();
+  t.is(windowReads(), 0);
+});

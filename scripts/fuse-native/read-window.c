@@ -8,9 +8,10 @@
  *
  * One window per (fuse thread, file handle): contiguous segments [start, end) in offset order;
  * an offer that does not continue the window restarts it. A read is answered here when the window
- * covers it (up to the file's size) and it starts before the window's mark; the first read at or
- * past the mark goes to JavaScript, which so learns how far the reader got and offers what its
- * read-ahead fetched meanwhile. Segments are freed once every byte was served, or once reads have
+ * covers it (up to the file's size). The first read answered at or past the window's mark tells
+ * JavaScript how far the reader got (window_listen's callback, through a thread-safe function,
+ * without waiting), so that its read-ahead moves on; without a listener such reads go to
+ * JavaScript instead. Segments are freed once every byte was served, or once reads have
  * moved STRATA_WINDOW_BEHIND past them; memory is bounded per window and per process (an offer
  * beyond either is refused). One lock for all windows; each critical section is one memcpy.
  */
@@ -30,6 +31,7 @@ typedef struct strata_window {
   uint32_t fh;
   uint64_t size;
   uint64_t mark;
+  int noted; /* the listener was told the reader reached the mark */
   strata_seg_t *segs; /* segs[head .. head + count) */
   uint32_t head, count, cap;
   uint64_t bytes; /* held in data */
@@ -41,6 +43,27 @@ static strata_window_t *strata_windows = NULL;
 static uint64_t strata_window_total = 0;
 static uint64_t strata_window_hits = 0;
 static uint64_t strata_window_served = 0;
+static napi_threadsafe_function strata_window_tsfn = NULL;
+
+typedef struct {
+  double owner;
+  uint32_t fh;
+  double position;
+} strata_window_note_t;
+
+/* On the JavaScript thread: listener(owner, fh, position). */
+static void strata_window_call_js (napi_env env, napi_value js_cb, void *context, void *data) {
+  strata_window_note_t *note = data;
+  if (env != NULL && js_cb != NULL) {
+    napi_value argv[3], undefined;
+    napi_create_double(env, note->owner, &argv[0]);
+    napi_create_uint32(env, note->fh, &argv[1]);
+    napi_create_double(env, note->position, &argv[2]);
+    napi_get_undefined(env, &undefined);
+    napi_call_function(env, undefined, js_cb, 3, argv, NULL);
+  }
+  free(note);
+}
 
 /* Caller holds the lock. */
 static strata_window_t *strata_window_find (void *owner, uint32_t fh, strata_window_t ***link) {
@@ -106,11 +129,12 @@ static void strata_window_forget (void *owner) {
  */
 static int strata_window_read (void *owner, uint32_t fh, char *buf, size_t len, off_t offset) {
   int n = -1;
+  strata_window_note_t *note = NULL;
   if (offset < 0 || len > INT32_MAX) return -1;
   uint64_t from = (uint64_t) offset;
   pthread_mutex_lock(&strata_window_lock);
   strata_window_t *w = strata_window_find(owner, fh, NULL);
-  if (w && w->count && from < w->mark) {
+  if (w && w->count && (from < w->mark || strata_window_tsfn != NULL)) {
     uint64_t to = from + len;
     if (to > w->size) to = w->size;
     strata_seg_t *first = &w->segs[w->head];
@@ -138,9 +162,19 @@ static int strata_window_read (void *owner, uint32_t fh, char *buf, size_t len, 
       strata_window_hits++;
       strata_window_served += (uint64_t) n;
       strata_window_trim(w, from > STRATA_WINDOW_BEHIND ? from - STRATA_WINDOW_BEHIND : 0);
+      if (to >= w->mark && !w->noted && strata_window_tsfn != NULL) {
+        note = malloc(sizeof(strata_window_note_t));
+        if (note) {
+          w->noted = 1;
+          note->owner = (double) (uintptr_t) owner;
+          note->fh = fh;
+          note->position = (double) to;
+        }
+      }
     }
   }
   pthread_mutex_unlock(&strata_window_lock);
+  if (note && napi_call_threadsafe_function(strata_window_tsfn, note, napi_tsfn_nonblocking) != napi_ok) free(note);
   return n;
 }
 
@@ -233,9 +267,36 @@ NAPI_METHOD(fuse_native_window_mark) {
   napi_get_value_double(env, argv[2], &mark);
   pthread_mutex_lock(&strata_window_lock);
   strata_window_t *w = strata_window_find(ft, fh, NULL);
-  if (w) w->mark = mark > 0 ? (uint64_t) mark : 0;
+  if (w) {
+    w->mark = mark > 0 ? (uint64_t) mark : 0;
+    w->noted = 0;
+  }
   pthread_mutex_unlock(&strata_window_lock);
   return NULL;
+}
+
+/* window_listen(fn): fn(owner, fh, position) when a reader reaches its window's mark (one listener per process). */
+NAPI_METHOD(fuse_native_window_listen) {
+  NAPI_ARGV(1)
+  if (strata_window_tsfn != NULL) return NULL;
+  napi_value name;
+  napi_create_string_utf8(env, "strata read window", NAPI_AUTO_LENGTH, &name);
+  napi_threadsafe_function tsfn;
+  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, strata_window_call_js, &tsfn) != napi_ok) return NULL;
+  napi_unref_threadsafe_function(env, tsfn); /* the process may exit with it */
+  pthread_mutex_lock(&strata_window_lock);
+  strata_window_tsfn = tsfn;
+  pthread_mutex_unlock(&strata_window_lock);
+  return NULL;
+}
+
+/* window_owner(thread): the number window_listen's callback names this mount by. */
+NAPI_METHOD(fuse_native_window_owner) {
+  NAPI_ARGV(1)
+  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 0);
+  napi_value out;
+  napi_create_double(env, (double) (uintptr_t) ft, &out);
+  return out;
 }
 
 /* window_drop(thread, fh): forgets the handle's window (before its number can be reused). */

@@ -40,6 +40,8 @@ const FORGET_STEPS = 8;
 
 /** Zeros of a hole handed to offer()'s `put` at a time. */
 const OFFER_HOLE_BYTES = 4 * 1024 * 1024;
+/** offer() lists the leaves ahead this much at a time. */
+const OFFER_STEP_BYTES = 1024 * 1024;
 
 interface Slot {
   leaf: ObjectLeaf;
@@ -65,6 +67,8 @@ export class Prefetcher {
   private forgotAt = 0;
   private closed = false;
   private inFlight = 0;
+  /** Called each time a group of fetches settles (while open), for instance to offer() what arrived. */
+  onSettled: (() => void) | null = null;
   /** Where the bytes handed to offer()'s `put` end; -1 before any. */
   private offeredUntil = -1;
 
@@ -177,30 +181,53 @@ export class Prefetcher {
     const to = Math.min(this.size, Math.max(this.aheadUntil, at));
     if (at >= to) return mark;
     this.offeredUntil = at;
+    // In steps, so that an offer that stops at the first chunk still in flight (the usual case
+    // when called as each fetch settles) does not list the leaves of the whole read-ahead.
+    for (let stepEnd = Math.min(to, at + OFFER_STEP_BYTES); at < to; stepEnd = Math.min(to, at + OFFER_STEP_BYTES)) {
+      if (!this.offerRange(at, stepEnd, put)) break;
+      at = this.offeredUntil;
+    }
+    return mark;
+  }
+
+  /** offer() over [at, to): true when all of it was handed on (offeredUntil is then `to`). */
+  private offerRange(at: number, to: number, put: (offset: number, bytes: Buffer | null, length: number) => boolean): boolean {
     for (const leaf of this.source.leaves(at, to)) {
       const skip = at - leaf.offset;
-      if (skip < 0) break; // a gap in the leaves: should not happen
-      let bytes: Buffer | null = null;
+      if (skip < 0) return false; // a gap in the leaves: should not happen
       if (!this.source.isHole(leaf)) {
         const f = this.window.get(leaf.offset);
-        if (!f || f.leaf.length !== leaf.length || !f.fetch.bytes) break;
-        bytes = f.fetch.bytes.subarray(skip, leaf.length);
-        if (!put(at, bytes, bytes.length)) break;
+        if (!f || f.leaf.length !== leaf.length || !f.fetch.bytes) return false;
+        const bytes = f.fetch.bytes.subarray(skip, leaf.length);
+        if (!put(at, bytes, bytes.length)) return false;
         at += bytes.length;
       } else {
         const end = Math.min(leaf.offset + leaf.length, to);
-        let refused = false;
-        while (at < end && !refused) {
+        while (at < end) {
           const n = Math.min(end - at, OFFER_HOLE_BYTES);
-          if (put(at, null, n)) at += n;
-          else refused = true;
+          if (!put(at, null, n)) return false;
+          at += n;
+          this.offeredUntil = at;
         }
-        if (refused || at < leaf.offset + leaf.length) break;
       }
       this.offeredUntil = at;
     }
-    this.offeredUntil = at;
-    return mark;
+    return at >= to;
+  }
+
+  /**
+   * The reader got to `position` through bytes offer() handed on (so read() never saw those
+   * reads): the read-ahead moves on as read() would have moved it.
+   */
+  reached(position: number): void {
+    if (this.closed || this.front < 0) return;
+    if (position < this.front - this.opts.behindBytes || position > Math.max(this.front, this.offeredUntil) + this.opts.slackBytes) return;
+    this.advance(position, position, true, []);
+  }
+
+  /** The furthest end read (or reached) in the current sequential run; -1 before any. */
+  get position(): number {
+    return this.front;
   }
 
   /** Forgets every chunk; fetches still in flight finish and are dropped. */
@@ -233,7 +260,10 @@ export class Prefetcher {
     for (const f of fetches) groups.set(f.done, (groups.get(f.done) ?? 0) + 1);
     for (const [done, n] of groups) {
       this.inFlight += n;
-      void done.then(() => { this.inFlight -= n; });
+      void done.then(() => {
+        this.inFlight -= n;
+        if (!this.closed) this.onSettled?.();
+      });
     }
     return leaves.map((leaf, i) => {
       const s = { leaf, fetch: fetches[i] };

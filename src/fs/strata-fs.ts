@@ -450,7 +450,12 @@ export class StrataFs implements Namespace {
     if (h.kind === 'view') {
       const root = h.entry.content;
       if (!root) return Buffer.alloc(0);
-      h.reader ??= new Prefetcher((h.native && this.pool.leafSource(root)) || this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
+      if (!h.reader) {
+        const p = new Prefetcher((h.native && this.pool.leafSource(root)) || this.cas.objects.leafSource(root), this.cas.objects.objectSize(root));
+        // Chunks that arrive are offered at once, not at the next read that comes here.
+        if (this.window) p.onSettled = () => { if (p.position >= 0) this.offerAhead(fh, h, p.position); };
+        h.reader = p;
+      }
       const r = h.reader.read(offset, length, into);
       if (!this.window) return r;
       if (!(r instanceof Promise)) {
@@ -475,6 +480,12 @@ export class StrataFs implements Namespace {
 
   useReadWindow(window: ReadWindow): void {
     this.window = window;
+    window.listen((fh, position) => {
+      const h = this.handles.get(fh);
+      if (h?.kind !== 'view' || !h.reader) return;
+      h.reader.reached(position);
+      this.offerAhead(fh, h, position);
+    });
   }
 
   /**

@@ -168,7 +168,12 @@ interface ReadWindowBinding {
   fuse_native_window_mark(thread: Buffer, fh: number, mark: number): void;
   fuse_native_window_drop(thread: Buffer, fh: number): void;
   fuse_native_window_info(): [number, number, number, number];
+  fuse_native_window_listen(fn: (owner: number, fh: number, position: number) => void): void;
+  fuse_native_window_owner(thread: Buffer): number;
 }
+
+/** The listeners of the mounts of this process, by the binding's name for each (window_owner). */
+const windowListeners = new Map<number, (fh: number, position: number) => void>();
 
 function readWindowBinding(): ReadWindowBinding | null {
   const b = binding() as Partial<ReadWindowBinding>;
@@ -193,6 +198,9 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
   const b = readWindowBinding();
   if (!b || process.env.STRATA_READ_WINDOW === 'off') return null;
   const thread = () => (fuse as unknown as { _thread: Buffer | null })._thread;
+  let reached: ((fh: number, position: number) => void) | null = null;
+  /** This mount's name in windowListeners (a remount allocates its thread anew). */
+  let owner = -1;
   return {
     put(fh, size, offset, bytes, length) {
       const t = thread();
@@ -200,7 +208,26 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
     },
     mark(fh, mark) {
       const t = thread();
-      if (t) b.fuse_native_window_mark(t, fh, mark);
+      if (!t) return;
+      if (reached) {
+        const id = b.fuse_native_window_owner(t);
+        if (id !== owner) {
+          windowListeners.delete(owner);
+          windowListeners.set(id, reached);
+          owner = id;
+        }
+      }
+      b.fuse_native_window_mark(t, fh, mark);
+    },
+    listen(fn) {
+      reached = fn;
+      b.fuse_native_window_listen((id, fh, position) => {
+        try {
+          windowListeners.get(id)?.(fh, position);
+        } catch (e) {
+          process.emitWarning(`read window listener: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      });
     },
     drop(fh) {
       const t = thread();
