@@ -54,6 +54,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { FUSE_READ_AHEAD_KB, setReadAhead } from '../dist/src/fuse/mount-options.js';
 import { ensureImage, ensureText, ensureTree } from './mount-data.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -465,9 +466,16 @@ function mountChild(label, name, cmd, args, { env = {}, ready, signal = 'SIGTERM
 }
 
 function mountMemfs(name) {
-  return mountChild('memfs ceiling', name, process.execPath, (mnt) => [MEMFS, mnt, `--options=${CEILING_OPTIONS}`], {
+  const m = mountChild('memfs ceiling', name, process.execPath, (mnt) => [MEMFS, mnt, `--options=${CEILING_OPTIONS}`], {
     ready: (mnt) => exists(path.join(mnt, '.stats')), ipc: true,
   });
+  // The read-ahead the daemon sets on its mounts, so that the ceiling reads as Strata's mount does.
+  const ra = setReadAhead(m.mnt, FUSE_READ_AHEAD_KB);
+  if (ra instanceof Error) {
+    unmount(m);
+    throw new BenchError(`memfs ceiling: cannot set its read-ahead: ${ra.message}`);
+  }
+  return m;
 }
 
 function memfsStats(m) {
@@ -1132,7 +1140,7 @@ function markdown(r) {
     `${f1(r.benchSeconds / 60)} min`);
   L.push('');
   L.push(`Page cache: ${r.pageCache ?? 'n/a'}. Ceiling: memfs-server (test/fixtures) mounted with the daemon's options ` +
-    `(\`${CEILING_OPTIONS}\`), measured in the same run, round-robin with Strata.`);
+    `(\`${CEILING_OPTIONS}\`) and its read-ahead (${FUSE_READ_AHEAD_KB} KiB), measured in the same run, round-robin with Strata.`);
   L.push('');
   if (r.error) {
     L.push(`**The run failed:** ${r.error.split('\n')[0]} (log: ${path.relative(ROOT, logFile)}). Rows below are what was measured before.`);

@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { isMounted, unmountQuietly } from '../src/fuse/mount-options.js';
+import { FUSE_READ_AHEAD_KB, isMounted, unmountQuietly } from '../src/fuse/mount-options.js';
 import { mountStore, sh } from './helpers/mounted-store.js';
 import { pseudoRandomBytes } from './helpers/tmp.js';
 
@@ -68,6 +68,15 @@ test.serial('after a listing of a view, stat is answered by the binding with the
   const log = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8');
   const hits = Number(/stat cache: (\d+) getattr answered/.exec(log)?.[1] ?? -1);
   t.true(hits >= names.length, `the binding answered ${hits} getattr from listings:\n${log}`);
+});
+
+test.serial('the daemon raises the mount\'s read-ahead to FUSE_READ_AHEAD_KB', (t) => {
+  const m = mountStore(t);
+  // The mount's device as the kernel numbers it, then its backing device info in sysfs.
+  const device = sh(`mountpoint -d '${m.mnt}'`).trim();
+  t.regex(device, /^\d+:\d+$/);
+  t.is(Number(fs.readFileSync(`/sys/class/bdi/${device}/read_ahead_kb`, 'utf8').trim()), FUSE_READ_AHEAD_KB);
+  t.notRegex(fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8'), /read-ahead left at/);
 });
 
 test.serial('branch restarts the live tree from an older snapshot; the next snapshot is its child', (t) => {
