@@ -27,6 +27,9 @@
 //   Its _op_readdir packs every stat object into a fresh 18-word Uint32Array (getStatArray) on each
 //   call, which for a 100k-file tree cost about as much as the rest of the listing: see
 //   usePackedReaddir() for how packed stats are passed instead.
+// - every read is a round trip FUSE thread -> JavaScript thread -> FUSE thread: the same patch
+//   adds a read window to the binding, where the namespace leaves verified bytes ahead of a
+//   reader of a view file; reads they cover are answered on the FUSE thread (see readWindowOf()).
 // - open answers only a file handle: fuse-native 2.2.6 sets fuse_file_info.fh and nothing else, so
 //   keep_cache (keep a view file's pages across opens) cannot be set from here. It would take a
 //   change to fuse-native.c's open signal (say, a flag bit in the returned handle) rebuilt by
