@@ -258,7 +258,7 @@ NAPI_METHOD(fuse_native_window_put) {
   return out;
 }
 
-/* window_mark(thread, fh, mark): reads starting at or past mark go to JavaScript. */
+/* window_mark(thread, fh, mark): the listener hears (once) of the first read answered here that reaches mark; without a listener, reads at or past it go to JavaScript. */
 NAPI_METHOD(fuse_native_window_mark) {
   NAPI_ARGV(3)
   NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 0);

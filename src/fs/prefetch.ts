@@ -171,7 +171,7 @@ export class Prefetcher {
    * verified bytes once (a hole as null and its length, in pieces of at most OFFER_HOLE_BYTES),
    * until a chunk not fetched yet, a failed one, or a refusal. Carries on where the previous offer
    * ended when `from` lies within what it offered, so `put` sees one continuous run per
-   * sequential pass. Returns the mark: the offset where the reader should next come back to read(),
+   * sequential pass. Returns the mark: the offset whose reaching should be reported (reached()),
    * so that the read-ahead moves on in the steps read() itself would take.
    */
   offer(from: number, put: (offset: number, bytes: Buffer | null, length: number) => boolean): number {

@@ -457,15 +457,9 @@ export class StrataFs implements Namespace {
         h.reader = p;
       }
       const r = h.reader.read(offset, length, into);
-      if (!this.window) return r;
-      if (!(r instanceof Promise)) {
-        this.offerAhead(fh, h, offset + r.length);
-        return r;
-      }
-      return r.then((b) => {
-        this.offerAhead(fh, h, offset + b.length);
-        return b;
-      });
+      // What is already there goes to the window now; chunks still in flight as they arrive.
+      this.offerAhead(fh, h, Math.min(offset + length, h.reader.size));
+      return r;
     }
     const i = this.live.get(h.ino);
     const b = this.buffers.get(i.ino);
@@ -490,9 +484,10 @@ export class StrataFs implements Namespace {
 
   /**
    * Leaves the view handle's read-ahead, from `from` on, in the FUSE layer's read window: the
-   * kernel's next reads are then answered there, and the first one at the prefetcher's mark comes
-   * back here, so the read-ahead moves on. A view's bytes never change and the prefetcher's are
-   * verified. Nothing for a handle released meanwhile (its number may be reused).
+   * kernel's next reads are then answered there, and the window's listener hears when a reader
+   * passes the prefetcher's mark, so the read-ahead moves on. Called after each read that comes
+   * here, as each fetch settles, and at each mark. A view's bytes never change and the
+   * prefetcher's are verified. Nothing for a handle released meanwhile.
    */
   private offerAhead(fh: number, h: Handle_ & { kind: 'view' }, from: number): void {
     const w = this.window;
@@ -504,9 +499,10 @@ export class StrataFs implements Namespace {
 
   /** Stops a handle's read-ahead: chunks in flight are dropped when they arrive. */
   private dropReader(h: Handle_, fh: number): void {
-    if (h.kind === 'view' && h.reader) this.window?.drop(fh);
-    if (h.kind === 'view') h.reader?.close();
-    else if (h.kind === 'live') h.reader?.p.close();
+    if (h.kind === 'view' && h.reader) {
+      this.window?.drop(fh);
+      h.reader.close();
+    } else if (h.kind === 'live') h.reader?.p.close();
   }
 
   // ---- Namespace: writing the live tree ------------------------------------------------------
