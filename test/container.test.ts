@@ -7,7 +7,7 @@ import { ChunkKind, Codec } from '../src/types.js';
 import type { ContainerRecord } from '../src/types.js';
 import { isStrataError } from '../src/errors.js';
 import { hashBytes } from '../src/cas/hash.js';
-import { compressChunk, decompressChunk } from '../src/cas/codec.js';
+import { compressChunk, decompressChunk, frameChecksummed } from '../src/cas/codec.js';
 import { LocalBlobStore } from '../src/cas/local-blob-store.js';
 import {
   ContainerWriter,
@@ -17,6 +17,7 @@ import {
   readContainerRecords,
 } from '../src/cas/container-file.js';
 import { FaultyBlobStore } from './helpers/faulty-blob-store.js';
+import { zstdFrameWithoutChecksum } from './helpers/frames.js';
 import { pseudoRandomBytes, tmpDir } from './helpers/tmp.js';
 
 /** Compressible but not trivial: lines of varying words. */
@@ -50,7 +51,8 @@ function writeChunks(w: ContainerWriter, n: number, seed = 1): Written[] {
   for (let i = 0; i < n; i++) {
     const len = 1000 + ((i * 977) % 5000);
     const raw = i % 2 === 0 ? textBytes(len, seed + i) : pseudoRandomBytes(len, seed + i);
-    const { codec, payload } = compressChunk(raw);
+    // Random ones as Raw records, which stores written before checksummed frames hold.
+    const { codec, payload } = i % 2 === 0 ? compressChunk(raw) : { codec: Codec.Raw, payload: raw };
     const kind = i % 3 === 2 ? ChunkKind.Node : ChunkKind.Data;
     out.push({ rec: w.append(hashBytes(raw), kind, codec, raw.length, payload), raw });
   }
@@ -72,12 +74,34 @@ test('codec: compressible data round-trips through zstd and shrinks', (t) => {
   t.deepEqual(decompressChunk(codec, payload, raw.length), raw);
 });
 
-test('codec: random data is stored raw and round-trips', (t) => {
+test('codec: random data becomes a checksummed frame barely larger than itself and round-trips', (t) => {
   const raw = pseudoRandomBytes(16384, 7);
   const { codec, payload } = compressChunk(raw);
-  t.is(codec, Codec.Raw);
-  t.deepEqual(payload, raw);
+  t.is(codec, Codec.Zstd);
+  t.true(payload.length <= raw.length + 32, `${payload.length} bytes for ${raw.length}`);
+  t.true(frameChecksummed(payload));
   t.deepEqual(decompressChunk(codec, payload, raw.length), raw);
+});
+
+test('codec: a frame checksum catches a damaged payload; frames without one, or with trailing bytes, are not taken as checksummed', (t) => {
+  for (const raw of [textBytes(16384, 3), pseudoRandomBytes(16384, 4)]) {
+    const { payload } = compressChunk(raw);
+    t.true(frameChecksummed(payload));
+    const bad = Buffer.from(payload);
+    bad[bad.length - 10] ^= 0x04; // in the last block's content (random data: raw bytes) or the checksum's neighbourhood
+    const e = t.throws(() => decompressChunk(Codec.Zstd, bad, raw.length));
+    t.true(isStrataError(e, 'ECORRUPT'), String(e));
+    t.false(frameChecksummed(Buffer.concat([payload, Buffer.alloc(4)])), 'trailing bytes');
+    t.false(frameChecksummed(payload.subarray(0, payload.length - 2)), 'cut short');
+    const flagless = Buffer.from(payload);
+    flagless[4] &= ~0x04;
+    t.false(frameChecksummed(flagless), 'checksum flag cleared');
+  }
+  // A frame as stores wrote before: no checksum, still decodes.
+  const raw = textBytes(8000, 5);
+  const old = zstdFrameWithoutChecksum(raw);
+  t.false(frameChecksummed(old));
+  t.deepEqual(decompressChunk(Codec.Zstd, old, raw.length), raw);
 });
 
 test('codec: consecutive calls do not share output buffers', (t) => {

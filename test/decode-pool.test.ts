@@ -1,10 +1,15 @@
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
 import { BufferPool, copyBytes } from '../src/cas/buffer-pool.js';
+import { ContainerWriter, RECORD_HEADER_BYTES, containerBlobName } from '../src/cas/container-file.js';
+import { LocalBlobStore } from '../src/cas/local-blob-store.js';
+import { ChunkKind, Codec } from '../src/types.js';
+import { zstdFrameWithoutChecksum } from './helpers/frames.js';
 import { compressChunk } from '../src/cas/codec.js';
 import { DecodePool } from '../src/cas/decode-pool.js';
 import { hashBytes } from '../src/cas/hash.js';
 import { isStrataError } from '../src/errors.js';
-import { pseudoRandomBytes } from './helpers/tmp.js';
+import { pseudoRandomBytes, tmpDir } from './helpers/tmp.js';
 
 // The decode workers: raw bytes back for good payloads, ECORRUPT for damaged ones, inline or not.
 
@@ -132,4 +137,74 @@ test('check() hashes raw chunks where they lie: on a worker for a shared buffer,
   const pending = pool.check(shared, items);
   pool.close();
   t.deepEqual(await pending, [true, false]);
+});
+
+// A headed batch: container bytes from the first record header on, as ObjectStore reads them.
+function headedBatch(t: ExecutionContext, records: Array<{ raw: Buffer; payload?: Buffer; codec?: Codec; handle?: Buffer }>) {
+  const blobs = new LocalBlobStore(tmpDir(t));
+  const w = new ContainerWriter(blobs, 1);
+  const recs = records.map((r) => {
+    const { codec, payload } = r.payload ? { codec: r.codec ?? Codec.Zstd, payload: r.payload } : compressChunk(r.raw);
+    return w.append(r.handle ?? hashBytes(r.raw), ChunkKind.Data, codec, r.raw.length, payload);
+  });
+  w.seal();
+  const from = recs[0].offset - RECORD_HEADER_BYTES;
+  const last = recs[recs.length - 1];
+  const data = blobs.read(containerBlobName(1), from, last.offset + last.storedLength - from);
+  const items = recs.map((r) => ({ handle: r.handle, codec: r.codec, rawLength: r.rawLength, start: r.offset - from, length: r.storedLength }));
+  return { data, items };
+}
+
+for (const [name, size] of [['on a worker', 200_000], ['inline', 2000]] as const) {
+  test(`headed batches ${name}: checksummed frames decode; damage is ECORRUPT whichever way the chunk is checked`, async (t) => {
+    const pool = new DecodePool(1);
+    t.teardown(() => pool.close());
+    const chunks = [text(size / 8, 1), pseudoRandomBytes(size, 2), text(size / 8, 3), text(size / 10, 4)];
+    const good = headedBatch(t, chunks.map((raw) => ({ raw })));
+    const got = (await pool.decode(Buffer.from(good.data), good.items, undefined, true)).chunks;
+    got.forEach((g, i) => t.true(Buffer.isBuffer(g) && g.equals(chunks[i]), `chunk ${i}`));
+
+    // A damaged payload: caught by the frame's checksum (random data sits in raw blocks, so only
+    // the checksum can tell), sparing its neighbours.
+    for (const k of [0, 1]) {
+      const bad = Buffer.from(good.data);
+      bad[good.items[k].start + good.items[k].length - 20] ^= 0x10;
+      const r = (await pool.decode(bad, good.items, undefined, true)).chunks;
+      t.true(isStrataError(r[k], 'ECORRUPT'), `chunk ${k}: ${String(r[k])}`);
+      r.forEach((g, i) => { if (i !== k) t.true(Buffer.isBuffer(g) && g.equals(chunks[i]), `neighbour ${i} of ${k}`); });
+    }
+
+    // A damaged header only costs the shortcut: the chunk is hashed instead, and is sound.
+    const header = Buffer.from(good.data);
+    header[good.items[2].start - RECORD_HEADER_BYTES + 42] ^= 0x01; // a reserved byte: the header's crc32 fails
+    const h = (await pool.decode(header, good.items, undefined, true)).chunks;
+    t.true(Buffer.isBuffer(h[2]) && h[2].equals(chunks[2]));
+
+    // A location that finds another chunk's record (a stale index, a reused container): its header
+    // names that chunk, so it is hashed, and fails against the handle asked for.
+    const swapped = good.items.map((it, i) => (i === 3 ? { ...it, handle: good.items[2].handle } : it));
+    t.true(isStrataError((await pool.decode(Buffer.from(good.data), swapped, undefined, true)).chunks[3], 'ECORRUPT'));
+  });
+}
+
+test('in a headed batch, only a checksummed frame whose header names its handle skips BLAKE3; old frames and unheaded batches are hashed', async (t) => {
+  const pool = new DecodePool(1);
+  t.teardown(() => pool.close());
+  const raw = text(30_000, 5);
+  const other = text(30_000, 6);
+  const claimed = hashBytes(other); // the record says it holds `other`, but holds `raw`
+  const old = zstdFrameWithoutChecksum(raw);
+  const b = headedBatch(t, [
+    { raw, handle: claimed },
+    { raw, handle: claimed, payload: old },
+    { raw: pseudoRandomBytes(100_000, 7) },
+  ]);
+  const items = b.items.map((it, i) => (i < 2 ? { ...it, handle: claimed } : it));
+  const headed = (await pool.decode(Buffer.from(b.data), items, undefined, true)).chunks;
+  // The header and the frame's checksum are what vouch for the first: it is taken as is.
+  t.true(Buffer.isBuffer(headed[0]) && headed[0].equals(raw), 'checksummed frame named by its header');
+  t.true(isStrataError(headed[1], 'ECORRUPT'), 'a frame without a checksum is hashed, and fails');
+  t.true(Buffer.isBuffer(headed[2]));
+  const unheaded = (await pool.decode(Buffer.from(b.data), items)).chunks;
+  t.true(isStrataError(unheaded[0], 'ECORRUPT'), 'without headers every chunk is hashed');
 });

@@ -362,6 +362,18 @@ function encodeRecordHeader(r: ContainerRecord, buf: Buffer): void {
   buf.writeUInt32LE(zlib.crc32(buf.subarray(0, 44)), 44);
 }
 
+/**
+ * Whether `buf` (the 48 bytes before a payload) is an intact record header naming `handle` with
+ * these lengths and codec: a read that finds it there read the record it meant to, not a
+ * neighbour's or a reused container's.
+ */
+export function headerDescribes(buf: Uint8Array, handle: Uint8Array, codec: Codec, storedLength: number, rawLength: number): boolean {
+  if (buf.length !== RECORD_HEADER_BYTES) return false;
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  return zlib.crc32(b.subarray(0, 44)) === b.readUInt32LE(44) && b.subarray(0, 32).equals(handle) &&
+    b.readUInt32LE(32) === storedLength && b.readUInt32LE(36) === rawLength && b[40] === codec;
+}
+
 /** Decodes a record header whose payload starts at `payloadOffset`, or says why it is invalid. */
 function decodeRecordHeader(buf: Buffer, container: number, payloadOffset: number): ContainerRecord | string {
   if (zlib.crc32(buf.subarray(0, 44)) !== buf.readUInt32LE(44)) return 'crc32 mismatch';

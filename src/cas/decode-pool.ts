@@ -3,7 +3,8 @@ import { Worker } from 'node:worker_threads';
 import { corrupt } from '../errors.js';
 import { Codec, HANDLE_BYTES, type Handle } from '../types.js';
 import { isShared, transferList } from './buffer-pool.js';
-import { decompressChunkInto } from './codec.js';
+import { decompressChunkInto, frameChecksummed } from './codec.js';
+import { RECORD_HEADER_BYTES, headerDescribes } from './container-file.js';
 import { hashBytes } from './hash.js';
 
 // Decompression and hash checks of chunks read for the mount, on a worker thread. The main
@@ -13,6 +14,15 @@ import { hashBytes } from './hash.js';
 // their raw bytes in one transferred buffer. Chunks still reach the kernel only once verified
 // here, against the handle the caller looked them up by. A check-only batch (raw bytes already
 // in place, such as a performance pool's native copy) is hashed where it lies.
+//
+// Verification: a chunk is BLAKE3-hashed against its handle, unless its record header lies in the
+// batch right before its payload (a `headed` batch, as ObjectStore's reads are), names that handle
+// with the expected lengths and codec (its crc32 intact), and its payload is one checksummed zstd
+// frame. zstd then checks the decoded bytes against the frame's XXH64 while it decodes, and the
+// header proves the read found the record it meant to: BLAKE3 of every chunk cost a decode worker
+// about a third of its time on a sequential read. Anything short of that is hashed, so a damaged
+// header or an old frame without a checksum costs time, never a check. `strata verify` still
+// re-hashes everything with BLAKE3.
 
 /** One chunk inside a batch's container bytes. */
 export interface DecodeItem {
@@ -38,6 +48,8 @@ export interface DecodeRequest {
   out?: ArrayBufferLike;
   /** Check only: every item is raw (`length` = `rawLength`) and is hashed in `data`; results point into `data`. */
   checkOnly?: boolean;
+  /** Each item's record header is the RECORD_HEADER_BYTES of `data` right before its payload. */
+  headed?: boolean;
 }
 
 /**
@@ -103,11 +115,16 @@ export function decodeBatch(req: DecodeRequest): DecodeReply {
   const out = req.out && req.out.byteLength >= total ? req.out : new ArrayBuffer(total);
   let pos = 0;
   for (let i = 0; i < n; i++) {
+    const codec = nums[i * NUMS] as Codec;
     const rawLength = nums[i * NUMS + 1];
     const start = nums[i * NUMS + 2];
+    const length = nums[i * NUMS + 3];
     try {
-      const raw = decompressChunkInto(nums[i * NUMS] as Codec, data.subarray(start, start + nums[i * NUMS + 3]), rawLength, Buffer.from(out, pos, rawLength));
-      if (!hashBytes(raw).equals(handle(i))) throw new Error('hash mismatch');
+      const payload = data.subarray(start, start + length);
+      const checked = req.headed === true && codec === Codec.Zstd && start >= RECORD_HEADER_BYTES &&
+        headerDescribes(data.subarray(start - RECORD_HEADER_BYTES, start), handle(i), codec, length, rawLength) && frameChecksummed(payload);
+      const raw = decompressChunkInto(codec, payload, rawLength, Buffer.from(out, pos, rawLength));
+      if (!checked && !hashBytes(raw).equals(handle(i))) throw new Error('hash mismatch');
       at[i] = pos;
       pos += rawLength;
     } catch (e) {
@@ -161,14 +178,15 @@ export class DecodePool {
    * when given and large enough; rejects only when the worker itself fails. Unshared, `data`'s
    * buffer and `out` are detached meanwhile (they travel to the worker) and come back in the
    * result as new objects; shared ones (BufferPool's) are written in place and come back as they are.
+   * `headed`: each item's record header lies right before its payload in `data` (see the top of this file).
    */
-  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBufferLike): Promise<DecodedBatch> {
-    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, ...pack(items), out }), items, {}));
+  decode(data: Buffer, items: Array<DecodeItem & { handle: Handle }>, out?: ArrayBufferLike, headed = false): Promise<DecodedBatch> {
+    if (data.length < MIN_OFFLOAD_BYTES) return Promise.resolve(unpack(decodeBatch({ id: 0, data, ...pack(items), out, headed }), items, {}));
     // Only a whole ArrayBuffer can be transferred; views of a part of one are copied first. A
     // shared buffer is not transferred at all: the worker writes into the same memory.
     const own = isShared(data.buffer) || data.byteOffset === 0 ? data : Buffer.from(data);
     const sent = { out, data: own };
-    return this.post({ data: own, out, ...pack(items) }, transferList(own.buffer, out)).then((r) => unpack(r, items, sent));
+    return this.post({ data: own, out, headed, ...pack(items) }, transferList(own.buffer, out)).then((r) => unpack(r, items, sent));
   }
 
   /**

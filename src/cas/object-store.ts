@@ -13,7 +13,7 @@ import { decodeTree, encodeTree } from './tree-codec.js';
 import { decompressChunk } from './codec.js';
 import { DecodePool } from './decode-pool.js';
 import { BufferPool, PooledRun } from './buffer-pool.js';
-import { containerBlobName } from './container-file.js';
+import { RECORD_HEADER_BYTES, containerBlobName } from './container-file.js';
 import { corrupt, StrataError } from '../errors.js';
 
 // Merkle objects over the chunk store. Node boundaries are content-defined (a node ends after a
@@ -351,21 +351,24 @@ export class ObjectStore implements ObjectWriter, ObjectReader, TreeWriter, Tree
       // Container bytes and decoded bytes both live in recycled buffers (see BufferPool): the
       // input goes back once decoded, the output once every chunk of the run is released.
       const pool = this.readBuffers;
-      const length = last.offset + last.storedLength - first.offset;
+      // From the first chunk's record header on, so that every chunk's header is read with it
+      // (a chunk whose header names it is checked by its frame's checksum, see decode-pool.ts).
+      const from = Math.max(0, first.offset - RECORD_HEADER_BYTES);
+      const length = last.offset + last.storedLength - from;
       let rawTotal = 0;
       for (const { loc } of chunks) rawTotal += loc.rawLength;
       const input = pool.take(length);
       const batch = new PooledRun(pool, chunks.length);
       const fetches = chunks.map((): LeafFetch => ({ done: Promise.resolve(), hold: () => batch.hold(), release: () => batch.release() }));
-      const done = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), first.offset, length, Buffer.from(input, 0, length))
+      const done = (blobs.readAsync as NonNullable<BlobStore['readAsync']>)(containerBlobName(first.container), from, length, Buffer.from(input, 0, length))
         .catch((e: unknown) => {
           pool.give(input); // never sent to the worker
           throw e;
         })
         // Decoded and verified off the main thread; each chunk carries its own error.
         .then((b) => this.decoder.decode(b, chunks.map(({ i, loc }) => ({
-          handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - first.offset, length: loc.storedLength,
-        })), pool.take(rawTotal)))
+          handle: handles[i], codec: loc.codec, rawLength: loc.rawLength, start: loc.offset - from, length: loc.storedLength,
+        })), pool.take(rawTotal), true))
         .then(
           (r) => {
             pool.give(r.input);
