@@ -13,9 +13,9 @@
 //    FUSE thread from a table, without a round trip through JavaScript, for that long. Exposes
 //    stat_cache_info(). See src/fuse/fuse-ops.ts for who opts in.
 // 3. read window (scripts/fuse-native/read-window.c): JavaScript may offer verified bytes ahead
-//    of a reader of an open file (window_put, window_mark, window_drop); reads they cover are
-//    answered on the FUSE thread, and window_listen's callback hears when a reader passes a
-//    mark. Exposes window_info(). See src/fuse/fuse-ops.ts (readWindowOf()).
+//    of a reader of an open file (window_put, window_mark, window_drop), copied or lent (shared
+//    memory returned by window_reclaim); reads they cover are answered on the FUSE thread, and
+//    window_listen's callback hears when a reader passes a mark. Exposes window_info(). See src/fuse/fuse-ops.ts (readWindowOf()).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -54,6 +54,7 @@ const PATCHES = [
   NAPI_EXPORT_FUNCTION(fuse_native_window_info)
   NAPI_EXPORT_FUNCTION(fuse_native_window_listen)
   NAPI_EXPORT_FUNCTION(fuse_native_window_owner)
+  NAPI_EXPORT_FUNCTION(fuse_native_window_reclaim)
 `],
 ];
 

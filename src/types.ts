@@ -164,6 +164,12 @@ export interface LeafSource {
  * `error` is set. (A promise per leaf cost more than the rest of a read for small chunks: a 1 GiB
  * image has some 45k of them.)
  */
+/** A holder's claim on recycled memory: see LeafFetch. */
+export interface Lease {
+  hold(): void;
+  release(): void;
+}
+
 export interface LeafFetch {
   done: Promise<void>;
   bytes?: Buffer;
@@ -291,8 +297,11 @@ export interface ReadWindow {
    * Offers [offset, offset + length) of open handle fh, a file of `size` bytes: `bytes` (copied;
    * length is bytes.length) or, when null, zeros. An offer that does not continue the handle's
    * previous one starts its window afresh. False when refused (no room): offer again later.
+   * With `lease` (bytes in recycled shared memory, as a LeafFetch's), the window may hold the
+   * bytes where they are instead of copying them: it calls lease.hold() then, and lease.release()
+   * once it is done with them.
    */
-  put(fh: number, size: number, offset: number, bytes: Buffer | null, length: number): boolean;
+  put(fh: number, size: number, offset: number, bytes: Buffer | null, length: number, lease?: Lease): boolean;
   /**
    * Once a read of fh answered from the window reaches `mark`, `reached` (see listen) hears of it
    * once; until the next mark() for fh. (Without a listener, such reads come to read() instead.)

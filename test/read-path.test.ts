@@ -188,10 +188,11 @@ test.serial('sequential view reads are answered from the read window, with the s
     t.true(fs.readFileSync(path.join(m.base, 'a')).equals(img), 'disk.img read back');
     t.true(fs.readFileSync(path.join(m.base, 'b')).equals(other), 'other.bin read back');
   };
-  const windowReads = () => {
+  const windowLine = () => {
     const lines = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('read window: '));
-    return Number(/read window: (\d+) reads/.exec(lines[lines.length - 1] ?? '')?.[1] ?? -1);
+    return lines[lines.length - 1] ?? '';
   };
+  const windowReads = () => Number(/read window: (\d+) reads/.exec(windowLine())?.[1] ?? -1);
   readBoth();
   // One handle: 12 MiB read in order (the window fills), then random reads on the same descriptor.
   const script = `
@@ -205,6 +206,11 @@ test.serial('sequential view reads are answered from the read window, with the s
   for (const [o, hex] of got.random) t.is(hex, img.subarray(o, o + hex.length / 2).toString('hex'), `random read at ${o}`);
   m.unmount();
   t.true(windowReads() > 100, `reads answered by the binding: ${windowReads()}`);
+  // Decoded chunks live in shared memory and are lent to the binding, not copied; every loan came
+  // back once the files were closed (their memory is reused only then).
+  const last = windowLine();
+  t.true(Number(/(\d+) MiB offered without a copy/.exec(last)?.[1]) > 20, last);
+  t.regex(last, / 0 loans outstanding/);
 
   // Without the window every read goes through the namespace, and the bytes are the same.
   process.env.STRATA_READ_WINDOW = 'off';

@@ -14,6 +14,11 @@
  * JavaScript instead. Segments are freed once every byte was served, or once reads have
  * moved STRATA_WINDOW_BEHIND past them; memory is bounded per window and per process (an offer
  * beyond either is refused). One lock for all windows; each critical section is one memcpy.
+ *
+ * An offer with a token lends its bytes instead of copying them: JavaScript promises to leave the
+ * memory (shared, so never moved or detached) alone until window_reclaim() returns the token,
+ * which it does once the segment is freed. Reads copy out under the lock, so a freed segment is
+ * never read again.
  */
 #define STRATA_WINDOW_MAX_BYTES (64ull << 20)
 #define STRATA_WINDOW_TOTAL_BYTES (512ull << 20)
@@ -23,6 +28,7 @@ typedef struct {
   uint64_t offset;
   uint32_t length;
   uint32_t served;
+  uint32_t token; /* 0: data is our own copy (malloc); else lent by JavaScript, returned by reclaim */
   char *data; /* NULL: zeros (a hole) */
 } strata_seg_t;
 
@@ -44,6 +50,9 @@ static uint64_t strata_window_total = 0;
 static uint64_t strata_window_hits = 0;
 static uint64_t strata_window_served = 0;
 static napi_threadsafe_function strata_window_tsfn = NULL;
+/* Tokens of lent segments freed since the last window_reclaim(). */
+static uint32_t *strata_window_freed = NULL;
+static uint32_t strata_window_freed_count = 0, strata_window_freed_cap = 0;
 
 typedef struct {
   double owner;
@@ -78,7 +87,18 @@ static strata_window_t *strata_window_find (void *owner, uint32_t fh, strata_win
 /* Caller holds the lock. Frees a segment's bytes. */
 static void strata_seg_free (strata_window_t *w, strata_seg_t *s) {
   if (s->data) {
-    free(s->data);
+    if (s->token == 0) {
+      free(s->data);
+    } else {
+      if (strata_window_freed_count == strata_window_freed_cap) {
+        uint32_t cap = strata_window_freed_cap ? strata_window_freed_cap * 2 : 256;
+        uint32_t *grown = realloc(strata_window_freed, cap * sizeof(uint32_t));
+        if (grown == NULL) abort(); /* cannot hand the memory back: better stop than let it be reused under a reader */
+        strata_window_freed = grown;
+        strata_window_freed_cap = cap;
+      }
+      strata_window_freed[strata_window_freed_count++] = s->token;
+    }
     s->data = NULL;
     w->bytes -= s->length;
     strata_window_total -= s->length;
@@ -178,9 +198,12 @@ static int strata_window_read (void *owner, uint32_t fh, char *buf, size_t len, 
   return n;
 }
 
-/* window_put(thread, fh, size, offset, bytes | length): true when kept (bytes copied; a length: that many zeros). */
+/*
+ * window_put(thread, fh, size, offset, bytes | length[, token]): true when kept (bytes copied, or
+ * lent when a token is given; a length: that many zeros). A refused loan stays JavaScript's.
+ */
 NAPI_METHOD(fuse_native_window_put) {
-  NAPI_ARGV(5)
+  NAPI_ARGV(6)
   NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 0);
   NAPI_ARGV_UINT32(fh, 1);
   double size_d = 0, offset_d = 0;
@@ -196,6 +219,12 @@ NAPI_METHOD(fuse_native_window_put) {
     double l = 0;
     napi_get_value_double(env, argv[4], &l);
     length = l > 0 && l < (double) UINT32_MAX ? (size_t) l : 0;
+  }
+  uint32_t token = 0;
+  if (argc > 5 && is_buffer) {
+    napi_valuetype t;
+    napi_typeof(env, argv[5], &t);
+    if (t == napi_number) napi_get_value_uint32(env, argv[5], &token);
   }
   int kept = 0;
   uint64_t offset = offset_d > 0 ? (uint64_t) offset_d : 0;
@@ -234,7 +263,9 @@ NAPI_METHOD(fuse_native_window_put) {
         }
       }
       char *copy = NULL;
-      if (is_buffer) {
+      if (is_buffer && token != 0) {
+        copy = data;
+      } else if (is_buffer) {
         copy = malloc(length);
         if (copy) memcpy(copy, data, length);
       }
@@ -243,11 +274,12 @@ NAPI_METHOD(fuse_native_window_put) {
         s->offset = offset;
         s->length = (uint32_t) length;
         s->served = 0;
+        s->token = copy == NULL ? 0 : token;
         s->data = copy;
         w->bytes += held;
         strata_window_total += held;
         kept = 1;
-      } else {
+      } else if (token == 0) {
         free(copy);
       }
     }
@@ -309,6 +341,21 @@ NAPI_METHOD(fuse_native_window_drop) {
   if (strata_window_find(ft, fh, &link)) strata_window_unlink(link);
   pthread_mutex_unlock(&strata_window_lock);
   return NULL;
+}
+
+/* window_reclaim(): the tokens of lent segments freed since the last call (their memory is JavaScript's again). */
+NAPI_METHOD(fuse_native_window_reclaim) {
+  napi_value out, v;
+  pthread_mutex_lock(&strata_window_lock);
+  uint32_t n = strata_window_freed_count;
+  napi_create_array_with_length(env, n, &out);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_create_uint32(env, strata_window_freed[i], &v);
+    napi_set_element(env, out, i, v);
+  }
+  strata_window_freed_count = 0;
+  pthread_mutex_unlock(&strata_window_lock);
+  return out;
 }
 
 /* window_info(): [windows, bytes held, reads answered, bytes answered]. */

@@ -156,7 +156,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     const cached = statCache()?.info();
     if (cached) log.line(`stat cache: ${cached.hits} getattr answered by the binding from view listings, ${cached.entries} entries held`);
     const window = readWindowInfo();
-    if (window) log.line(`read window: ${window.reads} reads (${(window.bytesRead / 2 ** 20).toFixed(0)} MiB) answered by the binding, ${(window.bytes / 2 ** 20).toFixed(1)} MiB held in ${window.windows} windows`);
+    if (window) log.line(`read window: ${window.reads} reads (${(window.bytesRead / 2 ** 20).toFixed(0)} MiB) answered by the binding, ${(window.bytes / 2 ** 20).toFixed(1)} MiB held in ${window.windows} windows, ${(window.bytesLent / 2 ** 20).toFixed(0)} MiB offered without a copy, ${window.loans} loans outstanding`);
     if (watcher) clearInterval(watcher);
     await replication?.close().catch((e) => log.line(`error: closing the replication listener: ${describe(e)}`));
     let code = 0;

@@ -1,5 +1,8 @@
 import { copyBytes } from '../cas/buffer-pool.js';
-import type { LeafFetch, LeafSource, ObjectLeaf } from '../types.js';
+import type { LeafFetch, LeafSource, Lease, ObjectLeaf } from '../types.js';
+
+/** Where offer() hands bytes on: see ReadWindow.put (a chunk in recycled memory comes with its fetch as the lease). */
+export type OfferPut = (offset: number, bytes: Buffer | null, length: number, lease?: Lease) => boolean;
 
 // Read-ahead for one open file. The kernel asks for 128 KiB at a time and waits for each answer
 // before the application sees it; a read that goes to a container (pread, zstd, BLAKE3) costs far
@@ -174,7 +177,7 @@ export class Prefetcher {
    * sequential pass. Returns the mark: the offset whose reaching should be reported (reached()),
    * so that the read-ahead moves on in the steps read() itself would take.
    */
-  offer(from: number, put: (offset: number, bytes: Buffer | null, length: number) => boolean): number {
+  offer(from: number, put: OfferPut): number {
     const mark = Math.max(from, this.front) + this.opts.aheadBytes / REFILL_STEPS;
     if (this.closed || from >= this.size) return mark;
     let at = this.offeredUntil >= from && this.offeredUntil - from <= this.opts.aheadBytes + this.opts.slackBytes ? this.offeredUntil : from;
@@ -191,7 +194,7 @@ export class Prefetcher {
   }
 
   /** offer() over [at, to): true when all of it was handed on (offeredUntil is then `to`). */
-  private offerRange(at: number, to: number, put: (offset: number, bytes: Buffer | null, length: number) => boolean): boolean {
+  private offerRange(at: number, to: number, put: OfferPut): boolean {
     for (const leaf of this.source.leaves(at, to)) {
       const skip = at - leaf.offset;
       if (skip < 0) return false; // a gap in the leaves: should not happen
@@ -199,7 +202,8 @@ export class Prefetcher {
         const f = this.window.get(leaf.offset);
         if (!f || f.leaf.length !== leaf.length || !f.fetch.bytes) return false;
         const bytes = f.fetch.bytes.subarray(skip, leaf.length);
-        if (!put(at, bytes, bytes.length)) return false;
+        const { hold, release } = f.fetch;
+        if (!put(at, bytes, bytes.length, hold && release ? f.fetch as Lease : undefined)) return false;
         at += bytes.length;
       } else {
         const end = Math.min(leaf.offset + leaf.length, to);

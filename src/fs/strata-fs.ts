@@ -493,7 +493,7 @@ export class StrataFs implements Namespace {
     const w = this.window;
     if (!w || !h.reader || this.handles.get(fh) !== h) return;
     const size = h.reader.size;
-    const mark = h.reader.offer(from, (offset, bytes, length) => w.put(fh, size, offset, bytes, length));
+    const mark = h.reader.offer(from, (offset, bytes, length, lease) => w.put(fh, size, offset, bytes, length, lease));
     w.mark(fh, mark);
   }
 

@@ -43,7 +43,7 @@ import { createRequire } from 'node:module';
 import nodePath from 'node:path';
 import Fuse from 'fuse-native';
 import { isStrataError } from '../errors.js';
-import type { Attr, DirEntry, Namespace, ReadWindow, StatFs } from '../types.js';
+import type { Attr, DirEntry, Lease, Namespace, ReadWindow, StatFs } from '../types.js';
 
 /** Codes that are not errno names, or that the kernel should see as another errno. */
 const SPECIAL_ERRNO: Readonly<Record<string, number>> = {
@@ -164,16 +164,48 @@ export interface ReadWindowInfo {
   /** Read requests answered on the FUSE thread, and their bytes. */
   reads: number;
   bytesRead: number;
+  /** Bytes offered without a copy (lent shared memory), and loans the binding has not handed back yet. */
+  bytesLent: number;
+  loans: number;
 }
 
 interface ReadWindowBinding {
-  fuse_native_window_put(thread: Buffer, fh: number, size: number, offset: number, bytes: Buffer | number): boolean;
+  fuse_native_window_put(thread: Buffer, fh: number, size: number, offset: number, bytes: Buffer | number, token?: number): boolean;
+  fuse_native_window_reclaim?(): number[];
   fuse_native_window_mark(thread: Buffer, fh: number, mark: number): void;
   fuse_native_window_drop(thread: Buffer, fh: number): void;
   fuse_native_window_info(): [number, number, number, number];
   fuse_native_window_listen(fn: (owner: number, fh: number, position: number) => void): void;
   fuse_native_window_owner(thread: Buffer): number;
 }
+
+/**
+ * Bytes lent to the binding's read windows (all mounts of this process), by token: each keeps its
+ * buffer referenced and its lease held until the binding hands the token back (window_reclaim),
+ * so the memory is neither collected nor reused while a window may copy from it.
+ */
+const lent = {
+  next: 1,
+  bytes: 0,
+  loans: new Map<number, { bytes: Buffer; lease: Lease }>(),
+  lend(bytes: Buffer, lease: Lease): number {
+    let token = this.next;
+    while (this.loans.has(token)) token = token >= 0xfffffffe ? 1 : token + 1;
+    this.next = token >= 0xfffffffe ? 1 : token + 1;
+    lease.hold();
+    this.loans.set(token, { bytes, lease });
+    return token;
+  },
+  end(token: number): void {
+    const loan = this.loans.get(token);
+    if (!loan) return;
+    this.loans.delete(token);
+    loan.lease.release();
+  },
+  endAll(tokens: readonly number[]): void {
+    for (const t of tokens) this.end(t);
+  },
+};
 
 /** The listeners of the mounts of this process, by the binding's name for each (window_owner). */
 const windowListeners = new Map<number, (fh: number, position: number) => void>();
@@ -187,8 +219,9 @@ function readWindowBinding(): ReadWindowBinding | null {
 export function readWindowInfo(): ReadWindowInfo | null {
   const b = readWindowBinding();
   if (!b) return null;
+  if (b.fuse_native_window_reclaim) lent.endAll(b.fuse_native_window_reclaim());
   const [windows, bytes, reads, bytesRead] = b.fuse_native_window_info();
-  return { windows, bytes, reads, bytesRead };
+  return { windows, bytes, reads, bytesRead, bytesLent: lent.bytes, loans: lent.loans.size };
 }
 
 /**
@@ -204,10 +237,20 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
   let reached: ((fh: number, position: number) => void) | null = null;
   /** This mount's name in windowListeners (a remount allocates its thread anew). */
   let owner = -1;
+  const reclaim = b.fuse_native_window_reclaim;
   return {
-    put(fh, size, offset, bytes, length) {
+    put(fh, size, offset, bytes, length, lease) {
       const t = thread();
-      return t ? b.fuse_native_window_put(t, fh, size, offset, bytes ?? length) : false;
+      if (!t) return false;
+      // Shared memory is lent rather than copied (it never moves, and is not reused while held).
+      if (!bytes || !lease || !reclaim || !(bytes.buffer instanceof SharedArrayBuffer)) return b.fuse_native_window_put(t, fh, size, offset, bytes ?? length);
+      const token = lent.lend(bytes, lease);
+      if (b.fuse_native_window_put(t, fh, size, offset, bytes, token)) {
+        lent.bytes += bytes.length;
+        return true;
+      }
+      lent.end(token);
+      return false;
     },
     mark(fh, mark) {
       const t = thread();
@@ -221,6 +264,7 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
         }
       }
       b.fuse_native_window_mark(t, fh, mark);
+      if (reclaim) lent.endAll(reclaim());
     },
     listen(fn) {
       reached = fn;
@@ -235,6 +279,7 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
     drop(fh) {
       const t = thread();
       if (t) b.fuse_native_window_drop(t, fh);
+      if (reclaim) lent.endAll(reclaim());
     },
   };
 }
