@@ -15,7 +15,12 @@
 // 3. read window (scripts/fuse-native/read-window.c): JavaScript may offer verified bytes ahead
 //    of a reader of an open file (window_put, window_mark, window_drop), copied or lent (shared
 //    memory returned by window_reclaim); reads they cover are answered on the FUSE thread, and
-//    window_listen's callback hears when a reader passes a mark. Exposes window_info(). See src/fuse/fuse-ops.ts (readWindowOf()).
+//    window_listen's callback hears when a reader passes a mark. Exposes window_info(). See
+//    src/fuse/fuse-ops.ts (readWindowOf()).
+// 4. polling loop (scripts/fuse-native/poll-loop.c): replaces fuse_loop_mt; the receiving thread
+//    keeps reading /dev/fuse without blocking for STRATA_FUSE_POLL_US (default 50) after each
+//    request, so that requests answered on the FUSE thread (2 and 3) do not each pay a thread
+//    wake-up; a request that goes to JavaScript hands the receiving to another thread first.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,12 +34,16 @@ const src = path.join(dir, 'fuse-native.c');
 const orig = `${src}.orig`;
 const statCache = fs.readFileSync(path.join(here, 'fuse-native', 'stat-cache.c'), 'utf8');
 const readWindow = fs.readFileSync(path.join(here, 'fuse-native', 'read-window.c'), 'utf8');
+const pollLoop = fs.readFileSync(path.join(here, 'fuse-native', 'poll-loop.c'), 'utf8');
 
 const UTIMENS_BUG = 'FUSE_UINT64_TO_INTS_ARGV(l->atime, 5)';
 const UTIMENS_FIX = 'FUSE_UINT64_TO_INTS_ARGV(l->mtime, 5) /* patched by strata: was l->atime */';
 const PATCHES = [
   ['utimens mtime', UTIMENS_BUG, () => UTIMENS_FIX],
-  ['stat cache and read window code', '// Methods\n', (m) => `${statCache}\n${readWindow}\n${m}`],
+  ['stat cache, read window and polling loop code', '// Methods\n', (m) => `${statCache}\n${readWindow}\n${pollLoop}\n${m}`],
+  ['a request for JavaScript hands the receiving on first', '  uv_async_send(&(l->async));\\\n  uv_sem_wait(&(l->sem));\\\n',
+    (m) => `  strata_loop_will_block(); /* patched by strata: polling loop */\\\n${m}`],
+  ['the polling loop serves the mount', '  fuse_loop_mt(ft->fuse);\n', () => '  strata_loop_mt(ft->fuse); /* patched by strata: polling loop */\n'],
   ['getattr from the stat cache', 'FUSE_METHOD(getattr, 1, 1, (const char *path, struct stat *stat), {\n',
     (m) => `${m}  if (strata_stat_get(l->fuse, path, stat)) return 0; /* patched by strata: stat cache */\n`],
   ['read from the read window', 'FUSE_METHOD(read, 6, 2, (const char *path, char *buf, size_t len, off_t offset, struct fuse_file_info *info), {\n',
@@ -85,4 +94,4 @@ const gyp = (() => {
   try { execFileSync('node-gyp', ['--version'], { stdio: 'ignore' }); return ['node-gyp', []]; } catch { return ['npx', ['--yes', 'node-gyp']]; }
 })();
 execFileSync(gyp[0], [...gyp[1], 'rebuild'], { cwd: dir, stdio: 'inherit' });
-console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix, the stat cache and the read window');
+console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix, the stat cache, the read window and the polling loop');

@@ -79,6 +79,44 @@ test.serial('the daemon raises the mount\'s read-ahead to FUSE_READ_AHEAD_KB', (
   t.notRegex(fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8'), /read-ahead left at/);
 });
 
+test.serial('the polling loop serves the mount (a non-blocking /dev/fuse), hands requests for JavaScript to other threads, and STRATA_FUSE_POLL_US=0 restores fuse_loop_mt', (t) => {
+  const m = mountStore(t);
+  const files = Array.from({ length: 48 }, (_, i) => pseudoRandomBytes(200_000 + i * 1000, 100 + i));
+  fs.mkdirSync(path.join(m.live, 'many'));
+  for (let i = 0; i < 200; i++) fs.writeFileSync(path.join(m.live, 'many', `f${i}`), `file ${i}`);
+  files.forEach((f, i) => fs.writeFileSync(path.join(m.live, `big${i}`), f));
+  t.is(m.cli('snapshot', '--name', 's').code, 0);
+  // The device's file status flags in the daemon (fdinfo's flags are octal; O_NONBLOCK is 04000).
+  const nonBlocking = () => {
+    const pid = fs.readFileSync(path.join(m.store, 'daemon.pid'), 'utf8').trim();
+    const fd = fs.readdirSync(`/proc/${pid}/fd`).find((n) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${n}`) === '/dev/fuse'; } catch { return false; } });
+    t.truthy(fd, 'the daemon holds /dev/fuse');
+    const flags = /flags:\s+([0-7]+)/.exec(fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))?.[1];
+    return (parseInt(flags ?? '0', 8) & 0o4000) !== 0;
+  };
+  const exercise = () => {
+    // 48 readers at once of live files (each read goes to JavaScript, so each blocks a FUSE
+    // thread), beside a stat of every file of a view (answered on the FUSE thread).
+    const out = path.join(m.base, 'out');
+    fs.rmSync(out, { recursive: true, force: true });
+    fs.mkdirSync(out);
+    sh(`for i in $(seq 0 47); do cat '${m.live}/big'$i > '${out}/'$i & done; find '${m.mnt}/pools/capacity/s/many' -type f -exec stat -c %s {} + > '${out}/stat'; wait`, { timeout: 120_000 });
+    files.forEach((f, i) => t.true(fs.readFileSync(path.join(out, String(i))).equals(f), `big${i}`));
+    t.is(fs.readFileSync(path.join(out, 'stat'), 'utf8').trim().split('\n').length, 200);
+  };
+  t.true(nonBlocking(), 'polled by default');
+  exercise();
+  m.unmount();
+  process.env.STRATA_FUSE_POLL_US = '0';
+  try {
+    m.remount();
+  } finally {
+    delete process.env.STRATA_FUSE_POLL_US;
+  }
+  t.false(nonBlocking(), 'fuse_loop_mt reads blocking');
+  exercise();
+});
+
 test.serial('branch restarts the live tree from an older snapshot; the next snapshot is its child', (t) => {
   const m = mountStore(t);
   fs.writeFileSync(path.join(m.live, 'f'), 'one');
