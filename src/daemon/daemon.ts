@@ -23,7 +23,7 @@ import { startReplicationServer, type ReplicationServer } from '../replication/s
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
 import { createFuse, readWindowInfo, statCache } from '../fuse/fuse-ops.js';
-import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, setReadAhead, unmountQuietly } from '../fuse/mount-options.js';
+import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, raiseReadAhead, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
 import {
   daemonFiles, explainLockError, processRunning, readPidFile, serveControl, snapshotJson, type ControlHandlers, type StatusResult,
@@ -128,7 +128,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     ]);
     attempted = true;
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
-    const readAhead = setReadAhead(mountpoint);
+    const readAhead = await raiseReadAhead(mountpoint);
     if (readAhead instanceof Error) log.line(`read-ahead left at the kernel's default: ${readAhead.message}`);
   } catch (e) {
     const message = isStrataError(e) ? e.message : (e as Error).message === 'fuse failed'

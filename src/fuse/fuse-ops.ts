@@ -171,7 +171,7 @@ export interface ReadWindowInfo {
 
 interface ReadWindowBinding {
   fuse_native_window_put(thread: Buffer, fh: number, size: number, offset: number, bytes: Buffer | number, token?: number): boolean;
-  fuse_native_window_reclaim?(): number[];
+  fuse_native_window_reclaim(): number[];
   fuse_native_window_mark(thread: Buffer, fh: number, mark: number): void;
   fuse_native_window_drop(thread: Buffer, fh: number): void;
   fuse_native_window_info(): [number, number, number, number];
@@ -212,14 +212,14 @@ const windowListeners = new Map<number, (fh: number, position: number) => void>(
 
 function readWindowBinding(): ReadWindowBinding | null {
   const b = binding() as Partial<ReadWindowBinding>;
-  return typeof b.fuse_native_window_put === 'function' && typeof b.fuse_native_window_info === 'function' ? b as ReadWindowBinding : null;
+  return typeof b.fuse_native_window_put === 'function' && typeof b.fuse_native_window_reclaim === 'function' ? b as ReadWindowBinding : null;
 }
 
 /** The read window's counters, or null when fuse-native was built without the patch. */
 export function readWindowInfo(): ReadWindowInfo | null {
   const b = readWindowBinding();
   if (!b) return null;
-  if (b.fuse_native_window_reclaim) lent.endAll(b.fuse_native_window_reclaim());
+  lent.endAll(b.fuse_native_window_reclaim());
   const [windows, bytes, reads, bytesRead] = b.fuse_native_window_info();
   return { windows, bytes, reads, bytesRead, bytesLent: lent.bytes, loans: lent.loans.size };
 }
@@ -237,13 +237,12 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
   let reached: ((fh: number, position: number) => void) | null = null;
   /** This mount's name in windowListeners (a remount allocates its thread anew). */
   let owner = -1;
-  const reclaim = b.fuse_native_window_reclaim;
   return {
     put(fh, size, offset, bytes, length, lease) {
       const t = thread();
       if (!t) return false;
       // Shared memory is lent rather than copied (it never moves, and is not reused while held).
-      if (!bytes || !lease || !reclaim || !(bytes.buffer instanceof SharedArrayBuffer)) return b.fuse_native_window_put(t, fh, size, offset, bytes ?? length);
+      if (!bytes || !lease || !(bytes.buffer instanceof SharedArrayBuffer)) return b.fuse_native_window_put(t, fh, size, offset, bytes ?? length);
       const token = lent.lend(bytes, lease);
       if (b.fuse_native_window_put(t, fh, size, offset, bytes, token)) {
         lent.bytes += bytes.length;
@@ -264,7 +263,7 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
         }
       }
       b.fuse_native_window_mark(t, fh, mark);
-      if (reclaim) lent.endAll(reclaim());
+      lent.endAll(b.fuse_native_window_reclaim());
     },
     listen(fn) {
       reached = fn;
@@ -279,7 +278,7 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
     drop(fh) {
       const t = thread();
       if (t) b.fuse_native_window_drop(t, fh);
-      if (reclaim) lent.endAll(reclaim());
+      lent.endAll(b.fuse_native_window_reclaim());
     },
   };
 }

@@ -156,6 +156,18 @@ export const FUSE_READ_AHEAD_KB = 1024;
  * Sets the read-ahead of the FUSE mount at `mountpoint` (see FUSE_READ_AHEAD_KB). Returns the
  * value now in force, or an Error saying why it could not be set (the mount works as before).
  */
+/**
+ * setReadAhead() once the mount's INIT has been answered: the kernel lowers the read-ahead to the
+ * INIT reply's max_readahead when it processes that reply, and fuse-native reports the mount
+ * (its init operation) just before the reply is sent, so a value set at once can be undone.
+ * A stat(1) of the mountpoint, in a child process (the serving process must not wait on its own
+ * mount), returns only after INIT completed.
+ */
+export async function raiseReadAhead(mountpoint: string, kb: number = FUSE_READ_AHEAD_KB): Promise<number | Error> {
+  await new Promise<void>((resolve) => execFile('stat', ['-c', '%i', mountpoint], { timeout: 10_000 }, () => resolve()));
+  return setReadAhead(mountpoint, kb);
+}
+
 export function setReadAhead(mountpoint: string, kb: number = FUSE_READ_AHEAD_KB): number | Error {
   try {
     // The device from the mount table, never from stat(2) on the mountpoint: called by the process
