@@ -159,17 +159,17 @@ export interface LeafSource {
   prepare?(from: number, to: number): Promise<void>;
 }
 
-/**
- * One leaf being fetched. `done` never rejects: once it settles, exactly one of `bytes` and
- * `error` is set. (A promise per leaf cost more than the rest of a read for small chunks: a 1 GiB
- * image has some 45k of them.)
- */
 /** A holder's claim on recycled memory: see LeafFetch. */
 export interface Lease {
   hold(): void;
   release(): void;
 }
 
+/**
+ * One leaf being fetched. `done` never rejects: once it settles, exactly one of `bytes` and
+ * `error` is set. (A promise per leaf cost more than the rest of a read for small chunks: a 1 GiB
+ * image has some 45k of them.)
+ */
 export interface LeafFetch {
   done: Promise<void>;
   bytes?: Buffer;

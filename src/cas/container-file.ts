@@ -369,9 +369,8 @@ function encodeRecordHeader(r: ContainerRecord, buf: Buffer): void {
  */
 export function headerDescribes(buf: Uint8Array, handle: Uint8Array, codec: Codec, storedLength: number, rawLength: number): boolean {
   if (buf.length !== RECORD_HEADER_BYTES) return false;
-  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  return zlib.crc32(b.subarray(0, 44)) === b.readUInt32LE(44) && b.subarray(0, 32).equals(handle) &&
-    b.readUInt32LE(32) === storedLength && b.readUInt32LE(36) === rawLength && b[40] === codec;
+  const r = decodeRecordHeader(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), 0, 0);
+  return typeof r !== 'string' && r.handle.equals(handle) && r.storedLength === storedLength && r.rawLength === rawLength && r.codec === codec;
 }
 
 /** Decodes a record header whose payload starts at `payloadOffset`, or says why it is invalid. */

@@ -189,9 +189,10 @@ const lent = {
   bytes: 0,
   loans: new Map<number, { bytes: Buffer; lease: Lease }>(),
   lend(bytes: Buffer, lease: Lease): number {
+    const after = (t: number) => (t >= 0xfffffffe ? 1 : t + 1); // tokens are u32, never 0
     let token = this.next;
-    while (this.loans.has(token)) token = token >= 0xfffffffe ? 1 : token + 1;
-    this.next = token >= 0xfffffffe ? 1 : token + 1;
+    while (this.loans.has(token)) token = after(token);
+    this.next = after(token);
     lease.hold();
     this.loans.set(token, { bytes, lease });
     return token;

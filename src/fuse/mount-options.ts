@@ -153,10 +153,6 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
 export const FUSE_READ_AHEAD_KB = 1024;
 
 /**
- * Sets the read-ahead of the FUSE mount at `mountpoint` (see FUSE_READ_AHEAD_KB). Returns the
- * value now in force, or an Error saying why it could not be set (the mount works as before).
- */
-/**
  * setReadAhead() once the mount's INIT has been answered: the kernel lowers the read-ahead to the
  * INIT reply's max_readahead when it processes that reply, and fuse-native reports the mount
  * (its init operation) just before the reply is sent, so a value set at once can be undone.
@@ -164,10 +160,14 @@ export const FUSE_READ_AHEAD_KB = 1024;
  * mount), returns only after INIT completed.
  */
 export async function raiseReadAhead(mountpoint: string, kb: number = FUSE_READ_AHEAD_KB): Promise<number | Error> {
-  await new Promise<void>((resolve) => execFile('stat', ['-c', '%i', mountpoint], { timeout: 10_000 }, () => resolve()));
+  await run('stat', ['-c', '%i', mountpoint]); // its outcome does not matter, only that it returned
   return setReadAhead(mountpoint, kb);
 }
 
+/**
+ * Sets the read-ahead of the FUSE mount at `mountpoint` (see FUSE_READ_AHEAD_KB). Returns the
+ * value now in force, or an Error saying why it could not be set (the mount works as before).
+ */
 export function setReadAhead(mountpoint: string, kb: number = FUSE_READ_AHEAD_KB): number | Error {
   try {
     // The device from the mount table, never from stat(2) on the mountpoint: called by the process
