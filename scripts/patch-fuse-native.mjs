@@ -21,6 +21,13 @@
 //    keeps reading /dev/fuse without blocking for STRATA_FUSE_POLL_US (default 50) after each
 //    request, so that requests answered on the FUSE thread (2 and 3) do not each pay a thread
 //    wake-up; a request that goes to JavaScript hands the receiving to another thread first.
+// 5. per-path cache timeouts (scripts/fuse-native/reply-timeouts.c): getattr may be signalled
+//    with a lifetime in milliseconds and a generation after the stat (and a stat cache answer
+//    carries what is left of its listing's lifetime); the polling loop's request channel writes
+//    them into that LOOKUP or GETATTR reply (entry_valid, attr_valid, generation), so the kernel
+//    keeps snapshot views' entries longer than the mount's timeouts, and drops what it kept below
+//    a snapshot folder whose generation changed. Exposes reply_info(); stat_forget(thread) empties
+//    a mount's stat cache.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -34,18 +41,52 @@ const src = path.join(dir, 'fuse-native.c');
 const orig = `${src}.orig`;
 const statCache = fs.readFileSync(path.join(here, 'fuse-native', 'stat-cache.c'), 'utf8');
 const readWindow = fs.readFileSync(path.join(here, 'fuse-native', 'read-window.c'), 'utf8');
+const replyTimeouts = fs.readFileSync(path.join(here, 'fuse-native', 'reply-timeouts.c'), 'utf8');
 const pollLoop = fs.readFileSync(path.join(here, 'fuse-native', 'poll-loop.c'), 'utf8');
 
 const UTIMENS_BUG = 'FUSE_UINT64_TO_INTS_ARGV(l->atime, 5)';
 const UTIMENS_FIX = 'FUSE_UINT64_TO_INTS_ARGV(l->mtime, 5) /* patched by strata: was l->atime */';
+// getattr, whole: its answer from the stat cache or from JavaScript, each with its lifetime (and
+// JavaScript's with a generation).
+const GETATTR = `FUSE_METHOD(getattr, 1, 1, (const char *path, struct stat *stat), {
+  l->path = path;
+  l->stat = stat;
+}, {
+  napi_create_string_utf8(env, l->path, NAPI_AUTO_LENGTH, &(argv[2]));
+}, {
+  NAPI_ARGV_BUFFER_CAST(uint32_t*, ints, 2)
+  populate_stat(ints, l->stat);
+})
+`;
+const GETATTR_PATCHED = `/* patched by strata: stat cache, and a lifetime signalled after the stat (per-path cache timeouts) */
+FUSE_METHOD(getattr, 1, 3, (const char *path, struct stat *stat), {
+  l->strata_keep_ms = 0;
+  l->strata_generation = -1;
+  strata_reply_keep(&l->strata_keep_ms, &l->strata_generation);
+  if (strata_stat_get(l->fuse, path, stat, &l->strata_keep_ms)) return 0;
+  l->path = path;
+  l->stat = stat;
+}, {
+  napi_create_string_utf8(env, l->path, NAPI_AUTO_LENGTH, &(argv[2]));
+}, {
+  NAPI_ARGV_BUFFER_CAST(uint32_t*, ints, 2)
+  populate_stat(ints, l->stat);
+  double strata_keep_ms = 0; /* (no commas outside parentheses: this is a macro argument) */
+  double strata_generation = -1;
+  if (napi_get_value_double(env, argv[3], &strata_keep_ms) != napi_ok || !(strata_keep_ms > 0)) strata_keep_ms = 0;
+  if (napi_get_value_double(env, argv[4], &strata_generation) != napi_ok || !(strata_generation >= 0 && strata_generation <= 4294967295.0)) strata_generation = -1;
+  l->strata_keep_ms = strata_keep_ms;
+  l->strata_generation = strata_generation;
+})
+`;
 const PATCHES = [
   ['utimens mtime', UTIMENS_BUG, () => UTIMENS_FIX],
-  ['stat cache, read window and polling loop code', '// Methods\n', (m) => `${statCache}\n${readWindow}\n${pollLoop}\n${m}`],
+  ['stat cache, read window, reply timeouts and polling loop code', '// Methods\n', (m) => `${statCache}\n${readWindow}\n${replyTimeouts}\n${pollLoop}\n${m}`],
   ['a request for JavaScript hands the receiving on first', '  uv_async_send(&(l->async));\\\n  uv_sem_wait(&(l->sem));\\\n',
     (m) => `  strata_loop_will_block(); /* patched by strata: polling loop */\\\n${m}`],
   ['the polling loop serves the mount', '  fuse_loop_mt(ft->fuse);\n', () => '  strata_loop_mt(ft->fuse); /* patched by strata: polling loop */\n'],
-  ['getattr from the stat cache', 'FUSE_METHOD(getattr, 1, 1, (const char *path, struct stat *stat), {\n',
-    (m) => `${m}  if (strata_stat_get(l->fuse, path, stat)) return 0; /* patched by strata: stat cache */\n`],
+  ['a thread\'s locals carry its getattr\'s lifetime', '  int32_t res;\n', (m) => `${m}  double strata_keep_ms; /* patched by strata: per-path cache timeouts */\n  double strata_generation;\n`],
+  ['getattr from the stat cache, with a lifetime', GETATTR, () => GETATTR_PATCHED],
   ['read from the read window', 'FUSE_METHOD(read, 6, 2, (const char *path, char *buf, size_t len, off_t offset, struct fuse_file_info *info), {\n',
     (m) => `${m}  { int strata_n = strata_window_read(l->fuse, (uint32_t) info->fh, buf, len, offset); if (strata_n >= 0) return strata_n; } /* patched by strata: read window */\n`],
   ['readdir signal with a lifetime', 'FUSE_METHOD(readdir, 1, 2,', () => 'FUSE_METHOD(readdir, 1, 3, /* patched by strata: stat cache lifetime */'],
@@ -64,6 +105,8 @@ const PATCHES = [
   NAPI_EXPORT_FUNCTION(fuse_native_window_listen)
   NAPI_EXPORT_FUNCTION(fuse_native_window_owner)
   NAPI_EXPORT_FUNCTION(fuse_native_window_reclaim)
+  NAPI_EXPORT_FUNCTION(fuse_native_reply_info)
+  NAPI_EXPORT_FUNCTION(fuse_native_stat_forget)
 `],
 ];
 
@@ -94,4 +137,4 @@ const gyp = (() => {
   try { execFileSync('node-gyp', ['--version'], { stdio: 'ignore' }); return ['node-gyp', []]; } catch { return ['npx', ['--yes', 'node-gyp']]; }
 })();
 execFileSync(gyp[0], [...gyp[1], 'rebuild'], { cwd: dir, stdio: 'inherit' });
-console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix, the stat cache, the read window and the polling loop');
+console.log('patch-fuse-native: fuse-native rebuilt with the utimens fix, the stat cache, the read window, per-path cache timeouts and the polling loop');

@@ -263,6 +263,12 @@ export interface Attr {
   atimeMs: number;
   mtimeMs: number;
   ctimeMs: number;
+  /**
+   * Optional, for a path whose meaning can change under the same name (a snapshot folder: at/TIME
+   * moves on, a pool name may come to mean another snapshot): a number that changes when it does,
+   * so that the kernel forgets what it cached below the old one.
+   */
+  generation?: number;
 }
 
 export interface StatFs {
@@ -344,6 +350,12 @@ export interface Namespace {
    * are answered without calling read().
    */
   useReadWindow?(window: ReadWindow): void;
+  /**
+   * Optional: `changed` is called when the snapshots views show change (one taken, removed or
+   * received), before a view path answers by the new set: what the FUSE layer kept from earlier
+   * listings (see listingTimeout()) may no longer be true.
+   */
+  watchViews?(changed: () => void): void;
   /** Copies `data` before any asynchronous step (it is FUSE's buffer, reused once answered). Returns bytes written. */
   write(fh: number, data: Buffer, offset: number): number | Promise<number>;
   flush(fh: number): void | Promise<void>;
@@ -366,11 +378,15 @@ export interface Namespace {
   setxattr(path: string, name: string, value: Buffer, flags: number): void | Promise<void>;
   listxattr(path: string): string[] | Promise<string[]>;
   removexattr(path: string, name: string): void | Promise<void>;
-  /** Entry/attribute cache lifetime in seconds the kernel may use for this path (long for views). */
+  /**
+   * Seconds the kernel may keep `path`'s entry and attributes without asking again: the root's
+   * is the mount's (short: the live tree changes); long inside snapshot views.
+   */
   cacheTimeout(path: string): number;
   /**
-   * Whether the entries listed in directory `path` keep their attributes for as long as the set
-   * of snapshots stays the same (inside read-only snapshot views).
+   * Seconds for which the entries listed in directory `path` keep the attributes listed (inside
+   * read-only snapshot views), so that getattr on them may be answered from the listing; 0 when
+   * they may change at any time.
    */
-  fixedListing(path: string): boolean;
+  listingTimeout(path: string): number;
 }

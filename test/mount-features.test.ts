@@ -49,11 +49,10 @@ test.serial('after a listing of a view, stat is answered by the binding with the
     const s = fs.lstatSync(p);
     return { ino: s.ino, mode: s.mode, size: s.size, nlink: s.nlink, uid: s.uid, gid: s.gid, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs, blocks: s.blocks };
   };
-  // Before any listing: every stat is a getattr answered by the daemon's JavaScript.
-  const before = names.map((n) => attrs(path.join(view, n)));
-  // Once the kernel's own entries have expired (1 s), a listing fills the binding's cache and the
-  // kernel's lookups of those names are answered from it.
-  sh('sleep 1.2');
+  // The same snapshot through at/, never listed: every stat is a getattr answered by the daemon's
+  // JavaScript (the kernel keeps view entries for long, so a name looked up once is not asked again).
+  const before = names.map((n) => attrs(path.join(m.mnt, 'at', new Date(Date.now() + 60_000).toISOString(), 'd', n)));
+  // A listing fills the binding's cache and the kernel's lookups of those names are answered from it.
   t.deepEqual(fs.readdirSync(view).sort(), [...names].sort());
   t.deepEqual(names.map((n) => attrs(path.join(view, n))), before);
   // The live tree's listings are never kept: a change shows at once.
@@ -68,6 +67,83 @@ test.serial('after a listing of a view, stat is answered by the binding with the
   const log = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8');
   const hits = Number(/stat cache: (\d+) getattr answered/.exec(log)?.[1] ?? -1);
   t.true(hits >= names.length, `the binding answered ${hits} getattr from listings:\n${log}`);
+});
+
+/**
+ * A shell working in `cwd` (inside the mount): its relative lookups start there, not at the
+ * mount's root. (bash stats "." before each command it runs.)
+ */
+function shellIn(cwd: string) {
+  const child = spawn('bash', ['--norc', '--noprofile'], { cwd, stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  return {
+    /** Runs `cmd` and resolves with what it printed and its exit status (-1: still running after `ms`). */
+    run(cmd: string, ms = 10_000): Promise<{ out: string; code: number }> {
+      const from = out.length;
+      const deadline = Date.now() + ms;
+      child.stdin.write(`${cmd}; echo "<rc=$?>"\n`);
+      return new Promise((resolve) => {
+        const poll = setInterval(() => {
+          const m = /<rc=(\d+)>\n/.exec(out.slice(from));
+          if (!m && Date.now() < deadline) return;
+          clearInterval(poll);
+          resolve(m ? { out: out.slice(from, from + m.index), code: Number(m[1]) } : { out: out.slice(from), code: -1 });
+        }, 20);
+      });
+    },
+    close: () => { child.stdin.end(); child.kill('SIGKILL'); },
+  };
+}
+
+test.serial('the kernel keeps view entries and attributes for long (a stopped daemon is not asked), live ones for a second; a folder showing another snapshot is looked up anew', async (t) => {
+  const m = mountStore(t);
+  fs.mkdirSync(path.join(m.live, 'd/listed'), { recursive: true });
+  fs.mkdirSync(path.join(m.live, 'd/unlisted'));
+  fs.writeFileSync(path.join(m.live, 'd/listed/a'), 'aaaa');
+  fs.writeFileSync(path.join(m.live, 'd/unlisted/b'), 'bb');
+  fs.writeFileSync(path.join(m.live, 'c'), 'c');
+  m.cli('snapshot', '--name', 's');
+  const view = path.join(m.mnt, 'pools/capacity/s');
+  const inView = shellIn(path.join(view, 'd'));
+  t.teardown(() => inView.close());
+  // listed/a is looked up after a listing (the binding's stat cache answers), unlisted/b without
+  // one (JavaScript answers); both with the views' lifetime. c, in the live tree, with the mount's.
+  t.is((await inView.run('ls listed >/dev/null && stat -c %s listed/a unlisted/b')).out, '4\n2\n');
+  t.is(fs.statSync(path.join(m.live, 'c')).size, 1);
+  sh('sleep 1.5');
+  const pid = m.daemonPid()!;
+  process.kill(pid, 'SIGSTOP');
+  let inView2: { out: string; code: number };
+  let inLive2: ReturnType<typeof spawnSync>;
+  try {
+    inView2 = await inView.run('timeout --foreground -s KILL 5 stat -c %s listed/a unlisted/b');
+    inLive2 = spawnSync('stat', ['-c', '%s', path.join(m.live, 'c')], { timeout: 2000, killSignal: 'SIGKILL' });
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  t.deepEqual(inView2, { out: '4\n2\n', code: 0 }, 'answered by the kernel while the daemon is stopped');
+  t.is(inLive2.signal, 'SIGKILL', 'the live entry had expired: its lookup waited for the stopped daemon until killed');
+
+  // at/ a time to come shows the latest snapshot; once another is taken, what the kernel kept
+  // below that folder is dropped (its generation changed) and read anew.
+  const later = path.join(m.mnt, 'at', new Date(Date.now() + 3_600_000).toISOString());
+  t.deepEqual(fs.readdirSync(path.join(later, 'd/listed')), ['a']);
+  t.is(fs.statSync(path.join(later, 'd/listed/a')).size, 4);
+  t.is(fs.statSync(path.join(later, 'd/unlisted/b')).size, 2);
+  fs.writeFileSync(path.join(m.live, 'd/listed/a'), 'a much longer content');
+  fs.writeFileSync(path.join(m.live, 'd/unlisted/b'), 'b, longer too');
+  m.cli('snapshot', '--name', 's2');
+  sh('sleep 1.2'); // the folder's own lifetime is the mount's
+  t.is(fs.statSync(path.join(later, 'd/listed/a')).size, 21);
+  t.is(fs.readFileSync(path.join(later, 'd/listed/a'), 'utf8'), 'a much longer content');
+  t.is(fs.statSync(path.join(later, 'd/unlisted/b')).size, 13);
+  t.is(fs.readFileSync(path.join(later, 'd/unlisted/b'), 'utf8'), 'b, longer too');
+  t.is(fs.statSync(path.join(view, 'd/listed/a')).size, 4, 'the first snapshot is unchanged');
+  m.unmount();
+  const log = fs.readFileSync(path.join(m.store, 'daemon.log'), 'utf8');
+  const own = Number(/cache timeouts: (\d+) lookup and getattr replies/.exec(log)?.[1] ?? -1);
+  t.true(own >= 4, `replies given views' lifetimes: ${own}\n${log}`);
 });
 
 test.serial('the daemon raises the mount\'s read-ahead to FUSE_READ_AHEAD_KB', (t) => {

@@ -14,7 +14,7 @@ import Fuse from 'fuse-native';
 import { CasStore } from '../src/cas/store.js';
 import { daemonFiles, parseRequest, processRunning, readPidFile } from '../src/daemon/control-protocol.js';
 import { StrataError } from '../src/errors.js';
-import { buildFuseOps, decodeTimes, packStat, toFuseStat, usePackedReaddir } from '../src/fuse/fuse-ops.js';
+import { buildFuseOps, decodeTimes, packStat, toFuseStat, usePackedStats } from '../src/fuse/fuse-ops.js';
 import { isMounted, unmountQuietly } from '../src/fuse/mount-options.js';
 import type { Attr, DirEntry, Namespace } from '../src/types.js';
 import { MemNamespace } from './fixtures/mem-namespace.js';
@@ -65,7 +65,7 @@ test('namespace errors become errno; unexpected ones become EIO and are logged',
   t.deepEqual((await callOp(t, ops, 'getxattr', '/d', 'user.none', 0)).args, [Fuse.ENODATA]);
   const root = await callOp(t, ops, 'getattr', '/');
   t.is(root.args[0], 0);
-  t.is((root.args[1] as Fuse.Stat).mode & 0o170000, 0o040000);
+  t.is((root.args[1] as Uint32Array)[0] & 0o170000, 0o040000, 'a packed stat: mode first');
 });
 
 test('every call is answered exactly once, also when the reply cannot be built', async (t) => {
@@ -136,11 +136,31 @@ test('readdir: stats are packed as fuse-native packs them, once per listing the 
   t.deepEqual(first.args[2], attrs.map(packStat));
   t.is(again.args[2], first.args[2], 'packed once');
 
-  // The instance hook hands the packed stats to the binding untouched.
-  const fuse = usePackedReaddir({ ops, _op_readdir: () => t.fail('replaced') } as unknown as object);
+  // The instance hooks hand the packed stats to the binding untouched.
+  const fuse = usePackedStats({ ops, _op_readdir: () => t.fail('replaced'), _op_getattr: () => t.fail('replaced') } as unknown as object);
   const signalled = await new Promise<unknown[]>((resolve) => (fuse as unknown as { _op_readdir: (sig: (...a: unknown[]) => void, p: string) => void })._op_readdir((...a) => resolve(a), '/v'));
   t.is(signalled[2], first.args[2]);
-  t.throws(() => usePackedReaddir({}), { message: /_op_readdir/ });
+  t.throws(() => usePackedStats({ _op_getattr: () => undefined }), { message: /_op_readdir/ });
+  t.throws(() => usePackedStats({ _op_readdir: () => undefined }), { message: /_op_getattr/ });
+});
+
+test('getattr: a packed stat with the path\'s lifetime where it differs from the mount\'s, and the generation', async (t) => {
+  const attr: Attr = { ino: 9, mode: 0o040555, nlink: 2, uid: 0, gid: 0, size: 0, blocks: 0, rdev: 0, atimeMs: 1, mtimeMs: 2, ctimeMs: 3 };
+  const ns = Object.assign(Object.create(new MemNamespace()) as Namespace, {
+    getattr: (p: string) => (p === '/snap' ? { ...attr, generation: 7 } : p === '/gone' ? Promise.reject(new StrataError('ENOENT', 'gone')) : attr),
+    cacheTimeout: (p: string) => (p.startsWith('/snap/') ? 3600 : 1),
+  });
+  const ops = buildFuseOps(ns, (m) => t.log(m));
+  t.deepEqual((await callOp(t, ops, 'getattr', '/live')).args, [0, packStat(attr), 0, -1], 'the mount\'s lifetime: nothing to write');
+  t.deepEqual((await callOp(t, ops, 'getattr', '/snap/f')).args, [0, packStat(attr), 3600_000, -1]);
+  t.deepEqual((await callOp(t, ops, 'getattr', '/snap')).args, [0, packStat(attr), 0, 7]);
+  // Through the hook, as the binding's signal gets them (an error still carries a stat to read).
+  const fuse = usePackedStats({ ops, _op_readdir: () => undefined, _op_getattr: () => undefined } as unknown as object) as unknown as { _op_getattr: (sig: (...a: unknown[]) => void, p: string) => void };
+  const signal = (p: string) => new Promise<unknown[]>((resolve) => fuse._op_getattr((...a) => resolve(a), p));
+  t.deepEqual(await signal('/snap/f'), [0, packStat(attr), 3600_000, -1]);
+  const failed = await signal('/gone');
+  t.true((failed[0] as number) < 0);
+  t.true(failed[1] instanceof Uint32Array);
 });
 
 test('control requests are validated', (t) => {

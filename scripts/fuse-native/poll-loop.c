@@ -30,6 +30,7 @@
 typedef struct {
   struct fuse_session *se;
   struct fuse_chan *ch;
+  struct fuse_chan *reply_ch; /* sends through ch, giving replies their own lifetimes (reply-timeouts.c); NULL: ch */
   int fd;
   size_t bufsize;
   uint64_t poll_ns;
@@ -149,7 +150,8 @@ static void strata_loop_run (strata_loop_t *lp) {
         break;
       }
       poll_next = strata_loop_polls_after(mem, res);
-      fuse_session_process_buf(lp->se, &fbuf, ch); /* may call strata_loop_will_block */
+      strata_reply_begin(mem, res);
+      fuse_session_process_buf(lp->se, &fbuf, lp->reply_ch ? lp->reply_ch : ch); /* may call strata_loop_will_block */
     }
     strata_loop_holding = 0;
     pthread_mutex_lock(&lp->lock);
@@ -193,11 +195,13 @@ static int strata_loop_mt (struct fuse *f) {
   pthread_mutex_init(&lp.lock, NULL);
   pthread_cond_init(&lp.cond, NULL);
   if (fuse_start_cleanup_thread(f) != 0) return -1;
+  lp.reply_ch = strata_reply_channel(lp.ch);
   strata_loop_run(&lp);
   pthread_mutex_lock(&lp.lock);
   while (lp.threads > 0) pthread_cond_wait(&lp.cond, &lp.lock);
   pthread_mutex_unlock(&lp.lock);
   fuse_stop_cleanup_thread(f);
+  if (lp.reply_ch) fuse_chan_destroy(lp.reply_ch);
   pthread_cond_destroy(&lp.cond);
   pthread_mutex_destroy(&lp.lock);
   fcntl(lp.fd, F_SETFL, flags);

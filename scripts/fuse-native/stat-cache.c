@@ -5,8 +5,9 @@
  * libfuse2 has no readdirplus: after a listing the kernel still looks up every name it stats,
  * and each lookup is a getattr by path. JavaScript opts a listing in by signalling readdir with a
  * lifetime in milliseconds (a fourth argument); it does so only for listings whose entries cannot
- * change within that lifetime (read-only snapshot views), for the mount's attribute timeout, so
- * an answer from here is never older than one the kernel's own attribute cache could give.
+ * change within that lifetime (read-only snapshot views). An answer from here tells the kernel to
+ * keep it for what is left of that lifetime (reply-timeouts.c), so it is never older than one the
+ * kernel's own cache could give.
  * One table per process, keyed by (fuse thread, path); readers take a shared lock.
  */
 #include <time.h>
@@ -108,8 +109,8 @@ static int strata_stat_reserve (uint32_t more) {
   return 1;
 }
 
-/* True (and *stat filled) when path has live attributes cached for this fuse thread. */
-static int strata_stat_get (void *owner, const char *path, struct stat *stat) {
+/* True (and *stat filled, *keep_ms set to what is left of the entry's lifetime) when path has live attributes cached for this fuse thread. */
+static int strata_stat_get (void *owner, const char *path, struct stat *stat, double *keep_ms) {
   int found = 0;
   uint32_t hash = strata_hash(path, owner);
   pthread_rwlock_rdlock(&strata_stat_lock);
@@ -118,7 +119,9 @@ static int strata_stat_get (void *owner, const char *path, struct stat *stat) {
     for (uint32_t i = hash & mask; strata_stat_slots[i].path; i = (i + 1) & mask) {
       strata_stat_slot_t *s = &strata_stat_slots[i];
       if (s->hash == hash && s->owner == owner && strcmp(s->path, path) == 0) {
-        if (s->expires_ms > strata_now_ms()) {
+        uint64_t now = strata_now_ms();
+        if (s->expires_ms > now) {
+          *keep_ms = (double) (s->expires_ms - now);
           uint32_t ints[STRATA_STAT_INTS];
           memcpy(ints, s->stat, sizeof(ints));
           populate_stat(ints, stat);
@@ -183,6 +186,14 @@ static void strata_stat_put_listing (napi_env env, void *owner, const char *dir,
   }
   pthread_rwlock_unlock(&strata_stat_lock);
   free(tmp);
+}
+
+/* stat_forget(thread): forgets every path of that mount (its snapshots changed). */
+NAPI_METHOD(fuse_native_stat_forget) {
+  NAPI_ARGV(1)
+  NAPI_ARGV_BUFFER_CAST(fuse_thread_t *, ft, 0);
+  strata_stat_forget(ft);
+  return NULL;
 }
 
 /* stat_cache_info(): [entries, getattr answers given from the cache so far]. */

@@ -22,7 +22,7 @@ import { CasStore } from '../cas/store.js';
 import { startReplicationServer, type ReplicationServer } from '../replication/server.js';
 import { invalid, isStrataError, StrataError } from '../errors.js';
 import { StrataFs } from '../fs/strata-fs.js';
-import { createFuse, readWindowInfo, statCache } from '../fuse/fuse-ops.js';
+import { createFuse, readWindowInfo, repliesWithOwnTimeouts, statCache } from '../fuse/fuse-ops.js';
 import { FUSE_MOUNT_DEFAULTS, applyMountOptions, isMounted, raiseReadAhead, unmountQuietly } from '../fuse/mount-options.js';
 import type { Namespace, SnapshotInfo } from '../types.js';
 import {
@@ -115,8 +115,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     checkEmpty(mountpoint);
     mounted = await openFilesystem(cas);
     fuse = createFuse(mountpoint, mounted, log.limited, { timeout: FUSE_TIMEOUTS });
-    // The high-level libfuse2 API has no per-path cache lifetimes, so the root's applies everywhere
-    // (the live tree needs it short; read-only views would tolerate longer).
+    // The root's cache lifetime is the mount's (the live tree needs it short); views' longer
+    // lifetimes travel with getattr's answers (src/fuse/fuse-ops.ts).
     const ttl = Math.max(0, mounted.cacheTimeout('/'));
     applyMountOptions(fuse, [
       ...FUSE_MOUNT_DEFAULTS,
@@ -155,6 +155,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     log.line(`stopping: ${reason}`);
     const cached = statCache()?.info();
     if (cached) log.line(`stat cache: ${cached.hits} getattr answered by the binding from view listings, ${cached.entries} entries held`);
+    const own = repliesWithOwnTimeouts();
+    if (own !== null) log.line(`cache timeouts: ${own} lookup and getattr replies in views given their own lifetime or generation`);
     const window = readWindowInfo();
     if (window) log.line(`read window: ${window.reads} reads (${(window.bytesRead / 2 ** 20).toFixed(0)} MiB) answered by the binding, ${(window.bytes / 2 ** 20).toFixed(1)} MiB held in ${window.windows} windows, ${(window.bytesLent / 2 ** 20).toFixed(0)} MiB offered without a copy, ${window.loans} loans outstanding`);
     if (watcher) clearInterval(watcher);

@@ -99,6 +99,11 @@ export class StrataFs implements Namespace {
   private readonly mountedAtMs = Date.now();
   private statsCache: { at: number; data: Buffer } | null = null;
   private snapCache: { at: number; list: SnapshotInfo[] } | null = null;
+  /** The snapshot ids views last answered by, and who hears when they change (watchViews()). */
+  private viewedIds: string | null = null;
+  private readonly viewWatchers: Array<() => void> = [];
+  /** Snapshot folders' generations (Attr.generation), by snapshot id: 1, 2, ... in first-seen order. */
+  private readonly folderGenerations = new Map<string, number>();
   private poolCache: { generation: number; list: string[] } | null = null;
   /**
    * Resolved view paths, "snapshot id/a/b" -> entry. A snapshot never changes, so an entry stays
@@ -164,7 +169,12 @@ export class StrataFs implements Namespace {
    */
   private snaps(): SnapshotInfo[] {
     const now = Date.now();
-    if (!this.snapCache || now - this.snapCache.at > 2000) this.snapCache = { at: now, list: this.cat.list() };
+    if (!this.snapCache || now - this.snapCache.at > 2000) {
+      this.snapCache = { at: now, list: this.cat.list() };
+      const ids = this.snapCache.list.map((x) => x.id).join(' ');
+      if (this.viewedIds !== null && ids !== this.viewedIds) for (const w of this.viewWatchers) w();
+      this.viewedIds = ids;
+    }
     return this.snapCache.list;
   }
 
@@ -325,7 +335,14 @@ export class StrataFs implements Namespace {
     }
     const v = this.view(area, parts);
     if (!v) throw notFound(path);
-    return this.attrOfEntry(this.viewEntry(v.snap, v.rest), `${v.snap.id}/${v.rest.join('/')}`);
+    const a = this.attrOfEntry(this.viewEntry(v.snap, v.rest), `${v.snap.id}/${v.rest.join('/')}`);
+    return v.rest.length ? a : { ...a, generation: this.folderGeneration(v.snap.id) };
+  }
+
+  private folderGeneration(id: string): number {
+    let g = this.folderGenerations.get(id);
+    if (g === undefined) this.folderGenerations.set(id, (g = this.folderGenerations.size + 1));
+    return g;
   }
 
   /** tree/NAME/...: null for a directory, else the symlink target. */
@@ -470,6 +487,10 @@ export class StrataFs implements Namespace {
       h.reader = { root: i.content, p: new Prefetcher(this.cas.objects.leafSource(i.content), this.cas.objects.objectSize(i.content)) };
     }
     return h.reader.p.read(offset, Math.max(0, Math.min(length, i.size - offset)), into);
+  }
+
+  watchViews(changed: () => void): void {
+    this.viewWatchers.push(changed);
   }
 
   useReadWindow(window: ReadWindow): void {
@@ -784,13 +805,22 @@ export class StrataFs implements Namespace {
     this.changeMeta(path, { xattrs: i.xattrs.filter(([n]) => n !== name) });
   }
 
+  // What is inside a snapshot folder (pools/capacity/NAME, pools/performance/NAME, at/TIME) never
+  // changes, but which snapshot a folder shows can: at/TIME moves on when a snapshot at or before
+  // TIME is taken or received, a pool's NAME may come to mean another snapshot after the replication
+  // receiver's retention removed the first, and the performance pool lets snapshots go. So the
+  // folders keep the short timeout and carry a generation per snapshot (getattr): the kernel
+  // revalidates a folder within a second, and when its generation changed (or it is gone) drops
+  // what it cached below it. Listings inside views are kept until the snapshots change
+  // (watchViews()).
   cacheTimeout(path: string): number {
-    return this.fixedListing(path) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
+    const { area, parts } = this.route(path);
+    return (area === 'pools' && parts.length >= 3) || (area === 'at' && parts.length >= 2) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
   }
 
-  fixedListing(path: string): boolean {
+  listingTimeout(path: string): number {
     const { area, parts } = this.route(path);
-    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1);
+    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1) ? VIEW_TIMEOUT : 0;
   }
 
   // ---- flushing, snapshots, branches ---------------------------------------------------------

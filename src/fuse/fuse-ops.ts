@@ -14,19 +14,22 @@
 //   (fuse_get_context is not exposed): new files belong to the daemon's user.
 // - utimens gets milliseconds computed from timespecs, which folds UTIME_NOW and UTIME_OMIT
 //   (tv_sec 0, tv_nsec ~2^30) into the same value; see decodeTimes().
-// - there is no per-path entry/attr timeout in the high-level libfuse2 API fuse-native wraps, so
-//   Namespace.cacheTimeout() can only be applied globally, at mount time (see the daemon).
+// - there is no per-path entry/attr timeout in the high-level libfuse2 API fuse-native wraps: every
+//   LOOKUP and GETATTR reply gets the mount's (the root's Namespace.cacheTimeout(), see the daemon).
+//   scripts/patch-fuse-native.mjs lets getattr's answer carry a lifetime and a generation after the
+//   stat, which the binding writes into that request's reply; getattr here answers with
+//   cacheTimeout(path) and Attr.generation (see usePackedStats()).
 // - fgetattr is left unimplemented: libfuse then answers it with getattr by path.
 // - readdir answers (0, names, stats): with as many stats as names, fuse-native passes each stat to
 //   libfuse2's filler, so the kernel gets d_type instead of DT_UNKNOWN; with other lengths it
 //   passes names only. libfuse2 has no readdirplus, so the kernel still looks names up on stat:
-//   scripts/patch-fuse-native.mjs adds a stat cache to the binding, and a listing the namespace
-//   calls fixed is signalled with a lifetime (the mount's attribute timeout, so nothing is ever
-//   older than the kernel's own cache could be), for which the binding answers getattr on those
-//   entries itself, on the FUSE thread (see statCache()).
+//   scripts/patch-fuse-native.mjs adds a stat cache to the binding, and a listing is signalled with
+//   the namespace's listingTimeout(), for which the binding answers getattr on those entries itself,
+//   on the FUSE thread, telling the kernel to keep each answer for what is left of it (see
+//   statCache()); when the namespace's snapshots change (watchViews) the binding forgets them.
 //   Its _op_readdir packs every stat object into a fresh 18-word Uint32Array (getStatArray) on each
 //   call, which for a 100k-file tree cost about as much as the rest of the listing: see
-//   usePackedReaddir() for how packed stats are passed instead.
+//   usePackedStats() for how packed stats are passed instead.
 // - every read is a round trip FUSE thread -> JavaScript thread -> FUSE thread: the same patch
 //   adds a read window to the binding, where the namespace leaves verified bytes ahead of a
 //   reader of a view file; reads they cover are answered on the FUSE thread (see readWindowOf()).
@@ -157,6 +160,12 @@ export function statCache(): StatCache | null {
   return statCacheBinding;
 }
 
+/** LOOKUP and GETATTR replies given a lifetime or generation of their own so far (all mounts of this process), or null without the patch. */
+export function repliesWithOwnTimeouts(): number | null {
+  const info = binding().fuse_native_reply_info as (() => number) | undefined;
+  return typeof info === 'function' ? info() : null;
+}
+
 /** What the binding's read window holds and has answered (all mounts of this process). */
 export interface ReadWindowInfo {
   windows: number;
@@ -284,38 +293,58 @@ function readWindowOf(fuse: Fuse): ReadWindow | null {
   };
 }
 
-/** The part of a fuse-native instance usePackedReaddir() replaces. */
-export interface ReaddirHost {
+/** The parts of a fuse-native instance usePackedStats() replaces. */
+export interface PackedStatsHost {
   _op_readdir(signal: (code: number, ...rest: unknown[]) => void, path: string): void;
+  _op_getattr(signal: (code: number, ...rest: unknown[]) => void, path: string): void;
   ops: Fuse.Operations;
 }
 
+type Signal = (code: number, ...rest: unknown[]) => void;
+
 /**
- * Makes `fuse` pass readdir's stats to its binding as they come (already packed by packStat), where
- * fuse-native's own _op_readdir would pack every stat object again on each listing. It is the same
- * kind of hook as applyMountOptions' (an own property on this one instance, checked to exist, no
- * patch of node_modules); fuse-native looks handlers up by name on the instance at every request.
- * The operations built by buildFuseOps() answer readdir with packed stats, so they need this:
+ * Makes `fuse` pass readdir's and getattr's stats to its binding as they come (already packed by
+ * packStat), where fuse-native's own _op_readdir and _op_getattr would pack every stat object
+ * again, and with what follows them: a listing's lifetime for the stat cache; getattr's lifetime
+ * and generation for the reply (-1: the mount's), which fuse-native's own handlers would drop. It
+ * is the same kind of hook as applyMountOptions' (own properties on this one instance, checked to
+ * exist, no patch of node_modules); fuse-native looks handlers up by name on the instance at every
+ * request. The operations built by buildFuseOps() answer with packed stats, so they need this:
  * createFuse() makes the two together.
  */
-export function usePackedReaddir<T extends object>(fuse: T): T {
-  const host = fuse as unknown as ReaddirHost;
-  if (typeof host._op_readdir !== 'function') {
-    throw new Error('fuse-native no longer has _op_readdir(); src/fuse/fuse-ops.ts needs updating for this version');
+export function usePackedStats<T extends object>(fuse: T): T {
+  const host = fuse as unknown as PackedStatsHost;
+  for (const name of ['_op_readdir', '_op_getattr'] as const) {
+    if (typeof host[name] !== 'function') throw new Error(`fuse-native no longer has ${name}(); src/fuse/fuse-ops.ts needs updating for this version`);
   }
-  const op = function (this: ReaddirHost, signal: (code: number, ...rest: unknown[]) => void, path: string): void {
-    const readdir = this.ops.readdir as unknown as (p: string, cb: (err: number, names?: string[], stats?: Uint32Array[], keepMs?: number) => void) => void;
-    readdir(path, (err, names, stats, keepMs) => (err ? signal(err) : signal(0, names ?? [], stats ?? [], keepMs ?? 0)));
+  const readdir = function (this: PackedStatsHost, signal: Signal, path: string): void {
+    const op = this.ops.readdir as unknown as (p: string, cb: (err: number, names?: string[], stats?: Uint32Array[], keepMs?: number) => void) => void;
+    op(path, (err, names, stats, keepMs) => (err ? signal(err) : signal(0, names ?? [], stats ?? [], keepMs ?? 0)));
   };
-  Object.defineProperty(fuse, '_op_readdir', { value: op, configurable: true, writable: true });
+  const getattr = function (this: PackedStatsHost, signal: Signal, path: string): void {
+    const op = this.ops.getattr as unknown as (p: string, cb: (err: number, stat?: Uint32Array, keepMs?: number, generation?: number) => void) => void;
+    op(path, (err, stat, keepMs, generation) => (err ? signal(err, EMPTY_STAT) : signal(0, stat ?? EMPTY_STAT, keepMs ?? 0, generation ?? -1)));
+  };
+  Object.defineProperty(fuse, '_op_readdir', { value: readdir, configurable: true, writable: true });
+  Object.defineProperty(fuse, '_op_getattr', { value: getattr, configurable: true, writable: true });
   return fuse;
 }
 
-/** A fuse-native instance serving `ns` at `mountpoint`, readdir set up for buildFuseOps' packed stats. */
+/** What getattr's signal carries with an error (the binding reads a stat either way). */
+const EMPTY_STAT = new Uint32Array(18);
+
+/** A fuse-native instance serving `ns` at `mountpoint`, readdir and getattr set up for buildFuseOps' packed stats. */
 export function createFuse(mountpoint: string, ns: Namespace, log: (msg: string) => void, opts: Fuse.Options): Fuse {
-  const fuse = usePackedReaddir(new Fuse(mountpoint, buildFuseOps(ns, log), opts));
+  const fuse = usePackedStats(new Fuse(mountpoint, buildFuseOps(ns, log), opts));
   const window = readWindowOf(fuse);
   if (window) ns.useReadWindow?.(window);
+  const forget = binding().fuse_native_stat_forget as ((thread: Buffer) => void) | undefined;
+  if (typeof forget === 'function') {
+    ns.watchViews?.(() => {
+      const t = (fuse as unknown as { _thread: Buffer | null })._thread;
+      if (t) forget(t);
+    });
+  }
   return fuse;
 }
 
@@ -384,8 +413,8 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
   }
 
   const done = () => [0];
-  /** How long the binding may answer getattr for the entries of a fixed listing: the kernel's own attribute timeout. */
-  const keepMs = Math.max(0, ns.cacheTimeout('/')) * 1000;
+  /** The mount's lifetime for entries and attributes: getattr answers name one only where theirs differs. */
+  const mountTimeout = ns.cacheTimeout('/');
   /** Listings the namespace answers again unchanged (views) are packed once. */
   const packed = new WeakMap<readonly DirEntry[], PackedListing>();
   const pack = (entries: readonly DirEntry[]): PackedListing => {
@@ -399,14 +428,18 @@ export function buildFuseOps(ns: Namespace, log: (msg: string) => void): Fuse.Op
 
   return {
     getattr(path, cb) {
-      serve('getattr', path, cb, () => ns.getattr(path), (a) => [0, toFuseStat(a)]);
+      // Packed, with the path's lifetime and generation (see usePackedStats).
+      serve('getattr', path, cb, () => ns.getattr(path), (a) => {
+        const t = ns.cacheTimeout(path);
+        return [0, packStat(a), t === mountTimeout ? 0 : Math.max(0, t) * 1000, a.generation ?? -1];
+      });
     },
     readdir(path, cb) {
-      // Names and packed stats of equal length (see usePackedReaddir): the binding hands each stat to
+      // Names and packed stats of equal length (see usePackedStats): the binding hands each stat to
       // libfuse's filler, which sets d_type from st_mode (and d_ino from st_ino under use_ino).
       serve('readdir', path, cb, () => ns.readdir(path), (entries) => {
         const p = pack(entries);
-        return [0, p.names, p.stats, keepMs > 0 && ns.fixedListing(path) ? keepMs : 0];
+        return [0, p.names, p.stats, Math.max(0, ns.listingTimeout(path)) * 1000];
       });
     },
     readlink(path, cb) {
