@@ -814,13 +814,18 @@ export class StrataFs implements Namespace {
   // what it cached below it. Listings inside views are kept until the snapshots change
   // (watchViews()).
   cacheTimeout(path: string): number {
-    const { area, parts } = this.route(path);
-    return (area === 'pools' && parts.length >= 3) || (area === 'at' && parts.length >= 2) ? VIEW_TIMEOUT : LIVE_TIMEOUT;
+    return this.depthInView(path) > 0 ? VIEW_TIMEOUT : LIVE_TIMEOUT;
   }
 
   listingTimeout(path: string): number {
+    return this.depthInView(path) >= 0 ? VIEW_TIMEOUT : 0;
+  }
+
+  /** How deep `path` lies below a snapshot folder (0: the folder itself), or -1 outside the views. */
+  private depthInView(path: string): number {
     const { area, parts } = this.route(path);
-    return (area === 'pools' && parts.length >= 2) || (area === 'at' && parts.length >= 1) ? VIEW_TIMEOUT : 0;
+    if (area === 'pools' && (parts[0] === 'capacity' || parts[0] === 'performance')) return parts.length - 2;
+    return area === 'at' ? parts.length - 1 : -1;
   }
 
   // ---- flushing, snapshots, branches ---------------------------------------------------------
