@@ -102,8 +102,6 @@ export class StrataFs implements Namespace {
   /** The snapshot ids views last answered by, and who hears when they change (watchViews()). */
   private viewedIds: string | null = null;
   private readonly viewWatchers: Array<() => void> = [];
-  /** Snapshot folders' generations (Attr.generation), by snapshot id: 1, 2, ... in first-seen order. */
-  private readonly folderGenerations = new Map<string, number>();
   private poolCache: { generation: number; list: string[] } | null = null;
   /**
    * Resolved view paths, "snapshot id/a/b" -> entry. A snapshot never changes, so an entry stays
@@ -336,13 +334,9 @@ export class StrataFs implements Namespace {
     const v = this.view(area, parts);
     if (!v) throw notFound(path);
     const a = this.attrOfEntry(this.viewEntry(v.snap, v.rest), `${v.snap.id}/${v.rest.join('/')}`);
-    return v.rest.length ? a : { ...a, generation: this.folderGeneration(v.snap.id) };
-  }
-
-  private folderGeneration(id: string): number {
-    let g = this.folderGenerations.get(id);
-    if (g === undefined) this.folderGenerations.set(id, (g = this.folderGenerations.size + 1));
-    return g;
+    // A snapshot folder's generation (Attr.generation) is its snapshot's id, 8 hex digits unique in the store.
+    const generation = Number.parseInt(v.snap.id, 16);
+    return v.rest.length || !Number.isSafeInteger(generation) ? a : { ...a, generation };
   }
 
   /** tree/NAME/...: null for a directory, else the symlink target. */
