@@ -131,7 +131,7 @@ interface PackedListing {
   stats: Uint32Array[];
 }
 
-/** The stat cache scripts/patch-fuse-native.mjs adds to fuse-native's binding (a mount forgets its entries when it starts and stops). */
+/** The stat cache scripts/patch-fuse-native.mjs adds to fuse-native's binding (a mount forgets its entries when it starts and stops, and when its snapshots change: createFuse()). */
 export interface StatCache {
   /** Entries held, and getattr requests answered from them so far (all mounts of this process). */
   info(): { entries: number; hits: number };
